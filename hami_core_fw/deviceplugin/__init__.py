@@ -1,0 +1,1 @@
+"""deviceplugin package (see ARCHITECTURE.md section 3)."""

@@ -1,0 +1,1 @@
+"""k8s package (see ARCHITECTURE.md section 3)."""

@@ -1,0 +1,1 @@
+"""monitor package (see ARCHITECTURE.md section 3)."""

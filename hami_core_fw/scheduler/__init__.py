@@ -1,0 +1,1 @@
+"""scheduler package (see ARCHITECTURE.md section 3)."""

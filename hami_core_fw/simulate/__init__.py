@@ -1,0 +1,1 @@
+"""simulate package (see ARCHITECTURE.md section 3)."""

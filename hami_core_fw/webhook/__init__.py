@@ -1,0 +1,1 @@
+"""webhook package (see ARCHITECTURE.md section 3)."""
