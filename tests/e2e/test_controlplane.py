@@ -21,10 +21,13 @@ from pathlib import Path
 
 import pytest
 from harness import (
+    CLUSTER_DIR,
+    Binaries,
     ControlPlane,
     ExtenderConfig,
     Json,
     bind_pod,
+    cache_dir,
     register_mutating_webhook,
     request_json,
     wait_until,
@@ -192,6 +195,26 @@ def test_version_is_the_pinned_release(control_plane: ControlPlane, api: k8s.Api
     assert version["gitVersion"] == control_plane.binaries.k8s_version == "v1.36.3"
     assert version["major"] == "1"
     assert version["minor"] == "36"
+
+
+def test_wrapper_go_mod_pins_every_staging_module(control_plane_binaries: Binaries) -> None:
+    """Drift check of the generated k8s/go.mod against the pinned k8s.io/kubernetes go.mod."""
+    version = control_plane_binaries.k8s_version
+    mod_cache = Path(os.environ.get("HAMI_GOMODCACHE") or cache_dir() / "go" / "mod")
+    upstream = mod_cache / "cache" / "download" / "k8s.io" / "kubernetes" / "@v" / f"{version}.mod"
+    staging = set()
+    for line in upstream.read_text().splitlines():
+        parts = line.removeprefix("replace").split()
+        if len(parts) == 3 and parts[1] == "=>" and parts[2].startswith("./staging/"):
+            staging.add(parts[0])
+    pinned = {}
+    for line in (CLUSTER_DIR / "k8s" / "go.mod").read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 4 and parts[1] == "=>":
+            assert parts[0] == parts[2]
+            pinned[parts[0]] = parts[3]
+    assert len(staging) >= 33
+    assert pinned == dict.fromkeys(staging, "v0." + version.removeprefix("v1."))
 
 
 def test_kubeconfig_file_reaches_the_api_server(control_plane: ControlPlane) -> None:

@@ -9,7 +9,9 @@
 # Idempotent: a binary is rebuilt only when its stamp file (written after a successful build, so a
 # killed build is redone) is missing or records different inputs (go.mod, go.sum, ldflags, Go
 # version). The Go module and build caches live under the same cache directory. Prints how long
-# each step took. Cold on 2 cores: see tests/e2e/README or the commit message; warm: about a second.
+# each step took. Measured on 2 cores (cold: empty cache dir, downloads included): etcd 41-47 s,
+# kube-apiserver 163-173 s, kube-scheduler 14-18 s after it, about 4 min in all, 3.5 GB of cache;
+# stamps removed but Go caches warm: 8 s; everything cached: 0.05 s.
 #
 # Environment: HAMI_CACHE_DIR, HAMI_GOMODCACHE, HAMI_GOCACHE (see env.sh), HAMI_GO_PARALLEL (-p, default 2).
 set -euo pipefail
@@ -58,7 +60,7 @@ build() {
         log "$(basename "$out"): cached at $out"
         return
     fi
-    rm -f "$stamp"
+    rm -f "$stamp" "$out".tmp.*  # leftovers of a killed build (we hold the lock)
     start=$(now)
     log "$(basename "$out"): downloading modules"
     (cd "$moddir" && go mod download)
@@ -72,6 +74,8 @@ build() {
 }
 
 trap 'rm -f "$ETCD_BIN_DIR"/*.tmp.$$ "$K8S_BIN_DIR"/*.tmp.$$' EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 total=$(now)
 build "$here/etcd" go.etcd.io/etcd/server/v3 "$ETCD_BIN_DIR/etcd" "$etcd_ldflags"
 build "$here/k8s" k8s.io/kubernetes/cmd/kube-apiserver "$K8S_BIN_DIR/kube-apiserver" "$k8s_ldflags"
