@@ -163,7 +163,7 @@ class SharedDeviceVendor:
         if raw is None:
             return None
         try:
-            return models.plain_int(raw, what=f"container {container.name!r} resource {name!r}")
+            return models.int_quantity(raw, what=f"container {container.name!r} resource {name!r}")
         except ValueError as err:
             raise errors.InvalidRequest(str(err)) from err
 
@@ -370,7 +370,7 @@ class SharedDeviceVendor:
                     continue
                 what = f"container {name!r} {part} {rname!r}"
                 try:
-                    value = models.plain_int(section[rname], what=what)
+                    value = models.int_quantity(section[rname], what=what)
                 except ValueError as err:
                     raise errors.AdmissionDenied(str(err), code=400) from err
                 if rname in (res.memory_percentage, res.cores) and value > 100:

@@ -7,6 +7,7 @@ narrowed into :class:`PodView` / :class:`NodeView` so that vendors never see a c
 
 from __future__ import annotations
 
+import decimal
 import enum
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -274,17 +275,24 @@ def collapse_usage(
 # Views of Kubernetes objects
 # ----------------------------------------------------------------------------------------------
 
-_PLAIN_INT: Final = re.compile(r"^[+]?[0-9]+$")
+_QUANTITY: Final = re.compile(
+    r"^(?P<num>[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))"
+    r"(?:(?P<bin>Ki|Mi|Gi|Ti|Pi|Ei)|(?P<dec>[numkMGTPE])|[eE](?P<exp>[+-]?[0-9]+))?$"
+)
+_DECIMAL: Final = {"n": -9, "u": -6, "m": -3, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
 
 
-def plain_int(value: object, *, what: str) -> int:
-    """Read a resource quantity that must be a plain non-negative decimal integer.
+def int_quantity(value: object, *, what: str) -> int:
+    """Read a device resource quantity as a non-negative whole number (MiB, percent, count).
 
-    HAMi reads ``nvidia.com/gpumem: 1Gi`` as 1073741824 MiB (quirk Q18); we refuse suffixes.
+    The API server rewrites quantities into canonical form (``3000`` arrives as ``3k``), so the
+    decimal forms of Kubernetes quantities are accepted: ``3000``, ``3k``, ``3e3``. Binary suffixes
+    are refused: HAMi reads ``nvidia.com/gpumem: 1Gi`` as 1073741824 MiB (quirk Q18), which is never
+    what the user meant. Fractions (``1.5``, ``500m``) and negative values are refused too.
 
     :param value: the quantity as found in the manifest (string or int)
     :param what: names the object and resource in the error message
-    :raises ValueError: not a plain non-negative integer
+    :raises ValueError: not a whole, non-negative, decimal quantity
     """
     if isinstance(value, bool):
         raise ValueError(f"{what}: {value!r} is not a quantity")  # noqa: TRY004 - callers catch ValueError
@@ -293,12 +301,27 @@ def plain_int(value: object, *, what: str) -> int:
             raise ValueError(f"{what}: {value!r} is negative; give a non-negative integer")
         return value
     text = str(value).strip()
-    if not _PLAIN_INT.match(text):
+    m = _QUANTITY.match(text)
+    if not m:
         raise ValueError(
-            f"{what}: {value!r} is not a plain integer; write the number without a unit suffix "
+            f"{what}: {value!r} is not a quantity; write a whole number "
             "(memory resources are in MiB, cores in percent)"
         )
-    return int(text)
+    if m.group("bin"):
+        raise ValueError(
+            f"{what}: {value!r} has a binary unit suffix; write the plain number "
+            "(memory resources are already in MiB, cores in percent)"
+        )
+    number = decimal.Decimal(m.group("num"))
+    if m.group("dec"):
+        number = number.scaleb(_DECIMAL[m.group("dec")])
+    elif m.group("exp"):
+        number = number.scaleb(int(m.group("exp")))
+    if number < 0:
+        raise ValueError(f"{what}: {value!r} is negative; give a non-negative integer")
+    if number != number.to_integral_value():
+        raise ValueError(f"{what}: {value!r} is not a whole number")
+    return int(number)
 
 
 def _str_map(obj: object) -> dict[str, str]:

@@ -90,10 +90,10 @@ def test_admission_container_without_device_is_untouched() -> None:
 @pytest.mark.parametrize(
     ("limits", "fragment"),
     [
-        ({R.count: "1", R.memory: "1Gi"}, "'1Gi' is not a plain integer"),
+        ({R.count: "1", R.memory: "1Gi"}, "'1Gi' has a binary unit suffix"),
         ({R.count: "1", R.cores: "150"}, "150 is outside the allowed range 0-100"),
         ({R.count: "1", R.memory_percentage: "101"}, "101 is outside the allowed range 0-100"),
-        ({R.count: "1", R.memory: "-5"}, "'-5' is not a plain integer"),
+        ({R.count: "1", R.memory: "-5"}, "'-5' is negative"),
         ({R.count: "1", R.memory: "99999999999"}, "too large"),
     ],
 )

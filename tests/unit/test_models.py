@@ -35,15 +35,28 @@ def test_collapse_empty_entries_and_sorting() -> None:
     assert models.collapse_usage([(), ()], 1, "NVIDIA") == ()
 
 
-@pytest.mark.parametrize(("raw", "value"), [("3000", 3000), (7, 7), ("+5", 5), (" 12 ", 12)])
-def test_plain_int_accepts(raw: object, value: int) -> None:
-    assert models.plain_int(raw, what="x") == value
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [
+        ("3000", 3000),
+        (7, 7),
+        ("+5", 5),
+        (" 12 ", 12),
+        ("3k", 3000),
+        ("1e3", 1000),
+        ("2M", 2000000),
+        ("1.5k", 1500),
+        ("0", 0),
+    ],
+)
+def test_int_quantity_accepts(raw: object, value: int) -> None:
+    assert models.int_quantity(raw, what="x") == value
 
 
-@pytest.mark.parametrize("raw", ["1Gi", "1.5", "-1", -1, "", "1e3", True])
-def test_plain_int_rejects_with_the_value(raw: object) -> None:
+@pytest.mark.parametrize("raw", ["1Gi", "512Mi", "1.5", "-1", -1, "", "500m", "3 k", "1x", True])
+def test_int_quantity_rejects_with_the_value(raw: object) -> None:
     with pytest.raises(ValueError, match="container 'c' resource 'nvidia.com/gpumem'"):
-        models.plain_int(raw, what="container 'c' resource 'nvidia.com/gpumem'")
+        models.int_quantity(raw, what="container 'c' resource 'nvidia.com/gpumem'")
 
 
 def test_pod_view_from_manifest() -> None:
