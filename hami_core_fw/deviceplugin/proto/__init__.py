@@ -1,0 +1,1 @@
+"""Generated gRPC modules of the kubelet device plugin API v1beta1 (see generate.py)."""
