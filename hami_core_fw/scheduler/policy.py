@@ -139,7 +139,7 @@ def chain_keys(value: str, numa_bind: bool) -> tuple[str, ...]:
     for token in policy_tokens(value):
         if token in _SORT_KEYS and token not in keys:
             keys.append(token)
-    if not any(k in (BINPACK, SPREAD) for k in keys):
+    if not keys:
         keys.append(SPREAD)
     if numa_bind:
         if NUMA in keys:

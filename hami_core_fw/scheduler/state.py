@@ -331,6 +331,11 @@ class ClusterState:
                     (
                         d.vendor,
                         d.id,
+                        d.index,
+                        d.type,
+                        d.numa,
+                        d.mode,
+                        d.health,
                         d.count,
                         d.totalmem,
                         d.totalcore,

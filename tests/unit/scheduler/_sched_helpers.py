@@ -123,3 +123,32 @@ def hold(
 
 def chosen_ids(decision: core.FilterDecision, vendor: str = CW) -> list[list[str]]:
     return [[d.uuid for d in entry] for entry in decision.devices.get(vendor, ())]
+
+
+def rebuild(s: state.ClusterState, *, fit_cache: bool = True) -> state.ClusterState:
+    """The same cluster computed from scratch: nodes, quotas, then every reservation."""
+    fresh = state.ClusterState(s.host, fit_cache=fit_cache)
+    for name in s.node_names():
+        e = s.entry(name)
+        assert e is not None
+        fresh.set_node(
+            e.view,
+            {
+                cw: [
+                    models.DeviceInfo(
+                        id=d.id, count=d.count, devmem=d.totalmem, devcore=d.totalcore,
+                        type=d.type, index=d.index, numa=d.numa, mode=d.mode, health=d.health,
+                        vendor=cw, links=d.links,
+                    )
+                    for d in records
+                ]
+                for cw, records in e.devices.items()
+            },
+        )  # fmt: skip
+    for ns, entries in s.quota.entries.items():
+        hard = {f"limits.{r}": e.limit for r, e in entries.items() if e.limit_set}
+        if hard:
+            fresh.set_quota(ns, hard)
+    for record in sorted(s.pods(), key=lambda r: r.pod.uid, reverse=True):
+        fresh.set_pod(record.pod, record.node, record.devices)
+    return fresh

@@ -316,3 +316,15 @@ def test_fit_context_carries_earlier_containers(host: plugins.PluginHost) -> Non
     st = cluster(host, {"n1": [dev(0)]})
     core.filter_pod(st, host, pod({"cpu": "1"}, gpu(1, mem=10), init=[gpu(1, mem=10)]), ["n1"])
     assert seen == [(0, 1, 0), (2, 1, 2)]
+
+
+def test_quota_usage_elsewhere_invalidates_memo(host: plugins.PluginHost) -> None:
+    """A placement on one node changes what fits on every other node of a quota'd namespace."""
+    st = cluster(host, {"n1": [dev(0, node="n1")], "n2": [dev(0, node="n2")]})
+    st.set_quota("team", {"limits.hami.io/fake-gpumem": 10000})
+    first, second = pod(gpu(1, mem=6000), ns="team", name="a"), pod(gpu(1, mem=6000), ns="team")
+    decision = core.filter_pod(st, host, first, ["n1", "n2"])
+    assert decision.scores.keys() == {"n1", "n2"}
+    st.set_pod(first, "n1", decision.devices)
+    again = core.filter_pod(st, host, second, ["n1", "n2"])
+    assert again.failed == {"n1": "1/1 ResourceQuotaNotFit", "n2": "1/1 ResourceQuotaNotFit"}
