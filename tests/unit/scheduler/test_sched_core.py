@@ -283,3 +283,45 @@ def test_memo_distinguishes_uuid_lists_per_node(host: plugins.PluginHost) -> Non
 def test_weights_codec_error_names_the_annotation() -> None:
     with pytest.raises(hami_core_fw.errors.CodecError):
         codec.decode_scoring_weights(_names.ANNOTATION_SCORING_WEIGHTS, "slot=1")
+
+
+def test_q3_candidates_are_the_vendors_own_devices() -> None:
+    """Q3: HAMi takes every device whose type contains the request type; we take the vendor's.
+
+    The node has only BONUS devices whose model string contains ``FAKE``: a FAKE request must not
+    land on them.
+    """
+    v = BonusVendor()
+    h = make_host(("bonus", BonusPlugin(v)))
+    s = state.ClusterState(h)
+    impostor = models.DeviceInfo(
+        id="B-0", count=4, devmem=8000, devcore=100, type="FAKE-lookalike", vendor="BONUS"
+    )
+    s.set_node(models.NodeView(name="n1"), {"BONUS": [impostor]})
+    decision = core.filter_pod(s, h, pod(gpu(1, mem=10)), ["n1"])
+    assert decision.failed == {"n1": "NodeInsufficientDevice"}
+    ok = core.filter_pod(s, h, pod({"bonus.example/gpu": "1", "bonus.example/gpumem": "1"}), ["n1"])
+    assert ok.node == "n1"
+
+
+def test_q22_vendors_of_one_container_in_sorted_order() -> None:
+    """Q22: vendors of one container are fitted in CommonWord order: the first failure is stable."""
+    v = BonusVendor()
+    h, s = bonus_cluster(v)
+    order: list[str] = []
+    for vend in h.vendors.values():
+        original = vend.fit
+
+        def spy(devices, request, ctx, _orig=original, _cw=vend.common_word):  # type: ignore[no-untyped-def]
+            order.append(_cw)
+            return _orig(devices, request, ctx)
+
+        vend.fit = spy  # type: ignore[method-assign]
+    both = {**gpu(1, mem=99999), "bonus.example/gpu": "1", "bonus.example/gpumem": "99999"}
+    decision = core.filter_pod(s, h, pod(both), ["n1"])
+    assert order == ["BONUS"]  # BONUS < FAKE; it fails first, so FAKE is not tried
+    assert decision.failed == {"n1": "1/1 CardInsufficientMemory"}
+    order.clear()
+    fits = {**gpu(1, mem=10), "bonus.example/gpu": "1", "bonus.example/gpumem": "10"}
+    assert core.filter_pod(s, h, pod(fits), ["n1"]).node == "n1"
+    assert order == ["BONUS", "FAKE"]
