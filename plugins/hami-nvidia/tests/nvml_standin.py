@@ -17,6 +17,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[3]
 PROBE = Path(__file__).resolve().parent / "probe_backend.py"
 
+UUID_A = "GPU-0fc3eda5-e98b-a25b-5b0d-cf5c855d1448"
+UUID_B = "GPU-00552014-5c87-89ac-b1a6-7b53aa24b0ec"
+UUID_C = "GPU-a02b30b8-5b20-131c-0e47-6bc99948e264"
+
+TABLE = f"""
+device {UUID_A} name="Tesla V100-PCIE-32GB" memory_mib=32768 pci=0000:3b:00.0
+device {UUID_B} name="NVIDIA A100-SXM4-80GB" memory_mib=81920 pci=0000:86:00.0
+device {UUID_C} name="Tesla T4" memory_mib=15360 pci=0000:d8:00.0
+"""
+
 
 def standin_dir() -> Path:
     """The directory holding the stand-in ``libnvidia-ml.so.1``; built on first use.

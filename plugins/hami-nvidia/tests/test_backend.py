@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import UUID_A, UUID_B, UUID_C
 from hami_nvidia import backend
-from nvml_standin import run_probe
+from nvml_standin import UUID_A, UUID_B, UUID_C, run_probe
 
 
 def test_discovery_rules(gpu_table: Path, sysfs: Path) -> None:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from conftest import UUID_A, UUID_B, UUID_C
 from hami_nvidia import vendor as nv
+from nvml_standin import UUID_A, UUID_B, UUID_C
 
 from hami_core_fw import models, plugins
 from hami_core_fw import vendor as hv

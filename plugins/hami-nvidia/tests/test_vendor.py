@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import UUID_A, UUID_B
 from hami_nvidia import settings
 from hami_nvidia import vendor as nv
+from nvml_standin import UUID_A, UUID_B
 
 from hami_core_fw import codec, config, errors, models
 from hami_core_fw import vendor as hv
