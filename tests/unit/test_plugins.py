@@ -78,7 +78,7 @@ def test_builtins_only(plugin_host: plugins.PluginHost) -> None:
 def test_entry_point_plugin_is_loaded(site: Path) -> None:
     make_dist(site, "hami-acme", VENDOR_PLUGIN, entry="acme", requires=("hami-core-fw>=0.1",))
     host = plugins.make_plugin_manager(env={})
-    assert sorted(host.vendors) == ["acme", "fake"]
+    assert {"acme", "fake"} <= set(host.vendors)
     info = next(i for i in host.plugins() if i.name == "acme")
     assert (info.distribution, info.version, info.vendors) == ("hami-acme", "1.2.3", ("acme",))
     assert info.resources == ("acme.com/gpu", "acme.com/gpumem")
@@ -160,17 +160,20 @@ def test_unknown_hook_fails_startup(site: Path) -> None:
 
 
 def test_allowlist_and_blocklist(site: Path) -> None:
+    # other vendor plugins may be installed in the test environment (hami-nvidia): the checks
+    # look only at acme and fake
     make_dist(site, "hami-acme", VENDOR_PLUGIN, entry="acme")
-    only_acme = plugins.make_plugin_manager(env={"HAMI_PLUGINS": "acme"})
-    assert list(only_acme.vendors) == ["acme"]
-    none = plugins.make_plugin_manager(env={"HAMI_PLUGINS": ""})
-    assert list(none.vendors) == []
-    no_acme = plugins.make_plugin_manager(env={"HAMI_DISABLED_PLUGINS": "acme"})
-    assert list(no_acme.vendors) == ["fake"]
-    no_external = plugins.make_plugin_manager(env={"HAMI_DISABLED_PLUGINS": "*"})
-    assert list(no_external.vendors) == ["fake"]
-    no_fake = plugins.make_plugin_manager(env={"HAMI_DISABLED_PLUGINS": "fake"})
-    assert list(no_fake.vendors) == ["acme"]
+
+    def ours(env: dict[str, str]) -> list[str]:
+        return [v for v in plugins.make_plugin_manager(env=env).vendors if v in ("acme", "fake")]
+
+    assert list(plugins.make_plugin_manager(env={"HAMI_PLUGINS": "acme"}).vendors) == ["acme"]
+    assert list(plugins.make_plugin_manager(env={"HAMI_PLUGINS": ""}).vendors) == []
+    assert ours({"HAMI_DISABLED_PLUGINS": "acme"}) == ["fake"]
+    assert list(plugins.make_plugin_manager(env={"HAMI_DISABLED_PLUGINS": "*"}).vendors) == [
+        "fake"
+    ]
+    assert ours({"HAMI_DISABLED_PLUGINS": "fake"}) == ["acme"]
     no_autoload = plugins.make_plugin_manager(env={"HAMI_DISABLE_PLUGIN_AUTOLOAD": "1"})
     assert list(no_autoload.vendors) == ["fake"]
 
