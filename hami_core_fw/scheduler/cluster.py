@@ -91,18 +91,8 @@ class Cluster:
         self._quotas: dict[str, dict[str, Mapping[str, int]]] = {}
         self._node_events: dict[str, asyncio.Event] = {}
         self._node_gen: dict[str, int] = {}
-        self._relevant: dict[str, tuple[object, ...]] = {}
-        self._ignored_keys = self._volatile_keys(host)
         #: pods whose allocation did not decode (uid -> error), for logs and tests
         self.undecodable: dict[str, str] = {}
-
-    @staticmethod
-    def _volatile_keys(host: plugins.PluginHost) -> frozenset[str]:
-        """Node annotations that change often and never affect fit (locks, handshakes)."""
-        keys = {_names.ANNOTATION_NODE_LOCK}
-        for v in host.vendors.values():
-            keys.update(k for k in (v.keys.lock, v.keys.handshake) if k)
-        return frozenset(keys)
 
     # ------------------------------------------------------------------ nodes
 
@@ -112,7 +102,6 @@ class Cluster:
         name = view.name
         if event.kind == cache.EventKind.DELETED:
             self.nodes.pop(name, None)
-            self._relevant.pop(name, None)
             self.registry.forget(name)
             self.state.remove_node(name)
         else:
@@ -125,20 +114,13 @@ class Cluster:
         reg = self.registry.evaluate(view)
         if reg.patch and self.leader and self.patch_node is not None:
             self.patch_node(view.name, reg.patch)
-        relevant = (
-            tuple(sorted(view.labels.items())),
-            tuple(
-                sorted((k, v) for k, v in view.annotations.items() if k not in self._ignored_keys)
-            ),
-            tuple(sorted(view.allocatable.items())),
-        )
         if not reg.devices:
-            self._relevant.pop(view.name, None)
             if self.state.node(view.name) is not None:
                 logger.info("node %s: no device registered any more", view.name)
                 self.state.remove_node(view.name)
             return
-        if reg.changed or self._relevant.get(view.name) != relevant:
+        # node status heartbeats do not change the view: only real changes rebuild the entry
+        if reg.changed or self.state.node(view.name) != view:
             if self.state.node(view.name) is None:
                 logger.info(
                     "node %s registered: %s",
@@ -146,7 +128,6 @@ class Cluster:
                     ", ".join(f"{cw} x{len(d)}" for cw, d in sorted(reg.devices.items())),
                 )
             self.state.set_node(view, reg.devices)
-            self._relevant[view.name] = relevant
 
     def registration_pass(self) -> None:
         """Re-evaluate every known node (HAMi: every 15 s and on becoming leader)."""

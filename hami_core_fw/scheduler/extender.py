@@ -149,9 +149,8 @@ def parse_binding_args(doc: object) -> BindingArgs:
     for key in ("PodName", "PodNamespace", "PodUID", "Node"):
         value = _field(doc, key)
         if not isinstance(value, str) or (key != "PodUID" and not value):
-            raise BadRequest(
-                f"ExtenderBindingArgs.{key} must be a non-empty string, got {value!r:.100}"
-            )
+            what = "a string" if key == "PodUID" else "a non-empty string"
+            raise BadRequest(f"ExtenderBindingArgs.{key} must be {what}, got {value!r:.100}")
         values[key] = value
     return BindingArgs(
         pod_name=values["PodName"],
