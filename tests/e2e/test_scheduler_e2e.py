@@ -431,8 +431,12 @@ def test_fifty_pods_on_four_nodes_all_bound_without_overcommit(
     namespace: str,
     fake_node: Callable[..., Json],
 ) -> None:
-    """4 nodes x 2 devices x 16 GiB; 50 pods of 2000 MiB / 15 cores: they fit only tightly
-    (8 devices x 10 slots, 8 x 8 by memory, 8 x 6 by cores = 48 < 50 -> use 10 cores)."""
+    """4 nodes x 2 devices (16384 MiB, 10 slots); 50 pods of 2000 MiB / 10 cores.
+
+    Memory allows 8 pods per device (64 in all), so every pod fits but devices fill up; the lock
+    of each node is released by :class:`LockReleaser` as soon as its pod is bound, so binds for
+    the same node queue in the scheduler and go through one after the other.
+    """
     nodes = {gpu_node(fake_node, 2): 2 for _ in range(4)}
     with LockReleaser(control_plane, namespace) as releaser:
         begin = time.monotonic()
