@@ -206,16 +206,19 @@ static void init_contents(struct hami_shared *sh, hami_list_devices_fn list_devi
 /* Checks this process's own limit variables against the file (the file's values apply). */
 static void check_env_limits(struct hami_shared *sh)
 {
+    char reported[96] = "";
     for (int i = 0; i < HAMI_MAX_DEVICES; i++) {
         uint64_t lim = 0, sm = 0;
         char name[96];
         int r = hami_env_bytes("CUDA_DEVICE_MEMORY_LIMIT", i, &lim, name, sizeof(name));
         if (r == HAMI_PARSE_INVALID) {
             sh->fail_closed[i] = 1;
-            if (i < (int)sh->v1->device_num)
+            if (i < (int)sh->v1->device_num && strcmp(reported, name)) {
                 LOG_ERROR("%s=%s is not a valid size (decimal digits with an optional k/m/g/t or "
-                          "Ki/Mi/Gi/Ti suffix); every allocation on device %d is refused",
-                          name, getenv(name), i);
+                          "Ki/Mi/Gi/Ti suffix); every allocation on the device(s) it applies to is "
+                          "refused", name, getenv(name));
+                snprintf(reported, sizeof(reported), "%s", name);
+            }
         } else if (r == HAMI_PARSE_OK && i < (int)sh->v1->device_num && lim != sh->v1->limit[i]) {
             LOG_WARN("limit inconsistency for device %d: %s=%llu bytes, shared region %s has %llu; "
                      "the region's value applies", i, name, (unsigned long long)lim, sh->path,

@@ -21,7 +21,8 @@ int main(void)
     MUST(cuMemAlloc_v2(&p, MIB));
     MUST(cuLaunchKernel((CUfunction)(uintptr_t)1, 1, 1, 1, 1, 1, 1, 0, NULL, NULL, NULL));
     MUST(cuMemFree_v2(p));
-    mode_t m = umask(022);
+    mode_t m = umask(0);
+    umask(m);
     say("umask", (long long)m);
     sigaction(SIGUSR1, NULL, &o1);
     sigaction(SIGUSR2, NULL, &o2);

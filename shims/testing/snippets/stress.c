@@ -5,7 +5,8 @@
  *       prints live_<ordinal>=<bytes still allocated> and ooms=<refusals>, holds, exits without
  *       freeing (the slot is released at exit).
  *   stress race <bytes>      one cuMemAlloc_v2 on device 0; prints rc; holds.
- *   stress midalloc          allocates 1 MiB at a time forever (pytest SIGKILLs it).
+ *   stress midalloc          holds 600 MiB, then allocates and frees 1 MiB forever (pytest
+ *                            SIGKILLs it mid-allocation).
  */
 #include <pthread.h>
 
@@ -91,14 +92,16 @@ int main(int argc, char **argv)
         return 0;
     }
     if (!strcmp(argv[1], "midalloc")) {
+        /* 600 MiB held, then 1 MiB alloc/free pairs until killed */
         setup(0);
-        for (long long i = 0;; i++) {
-            CUdeviceptr p;
-            if (cuMemAlloc_v2(&p, MIB) != CUDA_SUCCESS)
-                DIE("alloc failed at %lld", i);
-            if (i == 64) {
-                say("running", 1);
-            }
+        CUdeviceptr p;
+        for (int i = 0; i < 600; i++)
+            MUST(cuMemAlloc_v2(&p, MIB));
+        printf("hold=running\n");
+        fflush(stdout);
+        for (;;) {
+            MUST(cuMemAlloc_v2(&p, MIB));
+            MUST(cuMemFree_v2(p));
         }
     }
     int threads = atoi(argv[2]);
