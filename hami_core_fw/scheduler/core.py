@@ -115,6 +115,8 @@ class _VendorPlan:
     mig_allowed: bool
     neutral: bool
     plain: bool
+    # score_node is SharedDeviceVendor's, which is always 0: not called
+    zero_bonus: bool
     quota_fits: Callable[[int, int], bool] | None = None
     # generic vendors only: the pod's UUID allow (None = no list) and deny lists
     uuid_allow: frozenset[str] | None = None
@@ -195,6 +197,8 @@ def _make_plan(
             mig_allowed=mode is None or _MIG_MODE in mode,
             neutral=bool(getattr(v, "policy_neutral", False)),
             plain=_plain_generic(v),
+            zero_bonus=isinstance(v, generic.SharedDeviceVendor)
+            and type(v).score_node is generic.SharedDeviceVendor.score_node,
         )
         if third_party_quota or _quota_limited(ledger, pod.namespace, v):
             vp.quota_fits = _quota_check(host, pod.namespace, v.resources, ledger)
@@ -323,6 +327,8 @@ def _evaluate(entry: state.NodeEntry, plan: _Plan) -> _NodeResult:
     bonus = 0.0
     for cw, per_container in devices_out.items():
         vp = plan.vendors[cw]
+        if vp.zero_bonus:
+            continue
         value = vp.vendor.score_node(entry.view, per_container, entry.flat, plan.node_policy)
         if vp.neutral:
             value *= -10000 if plan.node_policy == policy.SPREAD else 10000
@@ -378,6 +384,7 @@ def filter_pod(
     *,
     node_policy: str = policy.DEFAULT_NODE_POLICY,
     gpu_policy: str = policy.DEFAULT_GPU_POLICY,
+    exhaustive: bool = True,
 ) -> FilterDecision:
     """Choose a node among ``candidates`` and the devices of every container. No I/O.
 
@@ -385,6 +392,12 @@ def filter_pod(
     ``hami.io/device-scoring-weights`` override the defaults. A reservation the pod already holds
     is ignored (as if released first, 4.4); the state is not changed: the caller reserves the
     result with :meth:`ClusterState.set_pod`.
+
+    :param exhaustive: fit every candidate, so that ``failed`` and ``scores`` cover every node
+        (what HAMi's events report). False stops at the first fitting node in score order when a
+        node's score is known before fitting it (no vendor bonus, no ``hami_node_score`` plugin):
+        the same node and devices, but ``failed`` then lists only the nodes tried before it and
+        ``scores`` only the chosen node. When no node fits, every node was tried either way.
 
     :returns: the decision; ``error`` is set (and no node evaluated) for an invalid request value
         or malformed scoring weights; ``not_ours`` for a pod that requests no vendor's devices
@@ -427,40 +440,66 @@ def filter_pod(
     veto = _hooked(host, _FILTER_HOOK)
     adjust = _hooked(host, _SCORE_HOOK)
 
+    def judge(entry: state.NodeEntry) -> _NodeResult:
+        """The pod on one node: a plugin veto, or the (memoised) fit of every container."""
+        if veto:
+            reasons = host.node_filter(pod=pod, node=entry.view)
+            if reasons:
+                return _NodeResult(ok=False, message=", ".join(reasons))
+        if not memo:
+            return _evaluate(entry, plan)
+        key: object = sid
+        if per_node:
+            ids = entry.ids
+            key = (
+                sid,
+                tuple(
+                    (None if vp.uuid_allow is None else vp.uuid_allow & ids, vp.uuid_deny & ids)
+                    for vp in per_node
+                ),
+            )
+        cached = entry.memo.get(key)
+        if isinstance(cached, _NodeResult):
+            return cached
+        result = _evaluate(entry, plan)
+        if len(entry.memo) >= state.MEMO_PER_NODE:
+            del entry.memo[next(iter(entry.memo))]
+        entry.memo[key] = result
+        return result
+
     failed: dict[str, str] = {}
     scores: dict[str, float] = {}
-    fitting: dict[str, _NodeResult] = {}
+    entries: list[tuple[str, state.NodeEntry]] = []
     for name in candidates:
         entry = own_entry if record is not None and name == record.node else st.entry(name)
         if entry is None:
             failed[name] = NODE_UNREGISTERED
-            continue
-        if veto:
-            reasons = host.node_filter(pod=pod, node=entry.view)
-            if reasons:
-                failed[name] = ", ".join(reasons)
-                continue
-        if memo:
-            key: object = sid
-            if per_node:
-                ids = entry.ids
-                key = (
-                    sid,
-                    tuple(
-                        (None if vp.uuid_allow is None else vp.uuid_allow & ids, vp.uuid_deny & ids)
-                        for vp in per_node
-                    ),
-                )
-            cached = entry.memo.get(key)
-            if isinstance(cached, _NodeResult):
-                result = cached
-            else:
-                result = _evaluate(entry, plan)
-                if len(entry.memo) >= state.MEMO_PER_NODE:
-                    del entry.memo[next(iter(entry.memo))]
-                entry.memo[key] = result
         else:
-            result = _evaluate(entry, plan)
+            entries.append((name, entry))
+
+    if not exhaustive and not adjust and all(vp.zero_bonus for vp in plan.vendors.values()):
+        # a node's score is known before fitting it: try the nodes best first, stop at the
+        # first fit; it is the node the exhaustive walk would choose (same score, same tie-break)
+        spread = node_pol.strip() == policy.SPREAD
+        ranked = sorted({name: e for name, e in entries}.items(), key=lambda ne: ne[0])
+        ranked.sort(key=lambda ne: ne[1].score, reverse=not spread)
+        for name, entry in ranked:
+            result = judge(entry)
+            if result.ok:
+                return FilterDecision(
+                    node=name,
+                    devices=result.devices,
+                    failed=failed,
+                    scores={name: entry.score},
+                    node_policy=node_pol,
+                    gpu_policy=gpu_pol,
+                )
+            failed[name] = result.message
+        return FilterDecision(node=None, failed=failed, node_policy=node_pol, gpu_policy=gpu_pol)
+
+    fitting: dict[str, _NodeResult] = {}
+    for name, entry in entries:
+        result = judge(entry)
         if not result.ok:
             failed[name] = result.message
             continue

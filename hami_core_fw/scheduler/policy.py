@@ -199,7 +199,8 @@ def order_devices_by(
     The score is :func:`device_score`, inlined: this runs for every device of every node.
     """
     ws, wc, wm = weights.slot, weights.core, weights.memory
-    keyed = []
+    keyed: list[tuple[tuple[float, ...], models.DeviceUsage]] = []
+    spread, binpack = key is _spread, key is _binpack
     for i, d in enumerate(devices):
         count, totalcore, totalmem = d.count, d.totalcore, d.totalmem
         if count == 0 or totalcore == 0 or totalmem == 0:
@@ -216,7 +217,13 @@ def order_devices_by(
             score = 10 * (
                 ws * d.used / count + wc * d.usedcores / totalcore + wm * d.usedmem / totalmem
             )
-        keyed.append((key(d, score, i), d))
+        # the two default keys inlined (the filter's hottest loop); same tuples as _spread/_binpack
+        if spread:
+            keyed.append(((-score, d.numa, d.index, i), d))
+        elif binpack:
+            keyed.append(((score, d.numa, d.index, i), d))
+        else:
+            keyed.append((key(d, score, i), d))
     keyed.sort(key=_first)
     return [d for _, d in keyed]
 

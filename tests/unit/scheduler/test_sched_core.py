@@ -325,3 +325,24 @@ def test_q22_vendors_of_one_container_in_sorted_order() -> None:
     fits = {**gpu(1, mem=10), "bonus.example/gpu": "1", "bonus.example/gpumem": "10"}
     assert core.filter_pod(s, h, pod(fits), ["n1"]).node == "n1"
     assert order == ["BONUS", "FAKE"]
+
+
+def test_first_fit_stops_early_and_falls_back_with_score_hooks(host: plugins.PluginHost) -> None:
+    s = cluster(host, {n: [dev(0, node=n)] for n in ("a", "b", "c")})
+    hold(s, "b", "GPU-b-0", mem=16000)  # b is the busiest but too full for the pod
+    hold(s, "c", "GPU-c-0", mem=100)
+    p = pod(gpu(1, mem=1000))
+    full = core.filter_pod(s, host, p, ["a", "b", "c", "ghost"])
+    first = core.filter_pod(s, host, p, ["a", "b", "c", "ghost"], exhaustive=False)
+    assert full.node == first.node == "c"
+    assert full.failed == {"b": "1/1 CardInsufficientMemory", "ghost": core.NODE_UNREGISTERED}
+    assert first.failed == full.failed  # b was tried before c; a never was
+    assert first.scores == {"c": full.scores["c"]} and set(full.scores) == {"a", "c"}
+    spread = core.filter_pod(s, host, p, ["a", "b", "c"], node_policy="spread", exhaustive=False)
+    assert spread.node == "a" and spread.failed == {}
+    # a score plugin can reorder nodes: every node is fitted then
+    h = make_host(("boost", Boost()))
+    s2 = cluster(h, {n: [dev(0, node=n)] for n in ("idle", "busy")})
+    hold(s2, "busy", "GPU-busy-0", mem=100)
+    boosted = core.filter_pod(s2, h, p, ["idle", "busy"], exhaustive=False)
+    assert boosted.node == "idle" and set(boosted.scores) == {"idle", "busy"}

@@ -2,7 +2,8 @@
 
 At every step: no device holds more memory, cores or slots than it has; the incremental state
 equals a from-scratch rebuild; the memoised filter answers exactly as an unmemoised one on the
-rebuilt state; re-filtering a placed pod answers as if its reservation were gone.
+rebuilt state, and the first-fit filter chooses the same node and devices; re-filtering a placed pod
+answers as if its reservation were gone.
 """
 
 from __future__ import annotations
@@ -135,6 +136,19 @@ class ClusterMachine(RuleBasedStateMachine):
         self.same(
             decision, core.filter_pod(self.rebuilt(), self.host, p, names, node_policy=policy)
         )
+        first = core.filter_pod(
+            self.state, self.host, p, names, node_policy=policy, exhaustive=False
+        )
+        assert (first.node, dict(first.devices), first.error) == (
+            decision.node,
+            dict(decision.devices),
+            decision.error,
+        )
+        assert first.failed.items() <= decision.failed.items()
+        if decision.node is None:
+            assert first.failed == decision.failed
+        else:
+            assert first.scores == {decision.node: decision.scores[decision.node]}
         if decision.not_ours:
             assert all(not c.limits.get("hami.io/fake-gpu") for c in p.all_containers)
             return
