@@ -15,8 +15,11 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Generator, Iterator, Mapping
+from pathlib import Path
+from typing import Any
 
 import pytest
+from components import MANAGED_RESOURCES, SCHEDULER, HamiScheduler
 from harness import (
     Binaries,
     ControlPlane,
@@ -26,6 +29,7 @@ from harness import (
     binaries,
     create_fake_node,
     ensure_binaries,
+    register_mutating_webhook,
     request_json,
     scheduler_config,
 )
@@ -189,3 +193,55 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     plane = terminalreporter.config.stash.get(_PLANE_KEY, None)
     if plane is not None:
         terminalreporter.write_line(f"process logs: {plane.log_dir}")
+
+
+@pytest.fixture
+def hami(
+    control_plane: ControlPlane, api: k8s.ApiClient, tmp_path: Path
+) -> Iterator[HamiScheduler]:
+    """A running ``hami scheduler`` with its webhook registered (and waited for)."""
+    scheduler = HamiScheduler(control_plane, tmp_path)
+    scheduler.start()
+    name = f"hami-webhook-{uuid.uuid4().hex[:6]}"
+    register_mutating_webhook(
+        api,
+        url=f"{scheduler.url}/webhook",
+        ca_pem=control_plane.ca.cert_pem,
+        configuration_name=name,
+        extra={
+            # only pods of the test namespaces (t-*) are sent, never the harness's own objects
+            "namespaceSelector": {
+                "matchExpressions": [
+                    {
+                        "key": "kubernetes.io/metadata.name",
+                        "operator": "NotIn",
+                        "values": ["default", "kube-system"],
+                    }
+                ]
+            }
+        },
+    )
+    try:
+        yield scheduler
+    finally:
+        request_json(
+            api,
+            "DELETE",
+            f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{name}",
+        )
+        scheduler.stop()
+
+
+@pytest.fixture
+def kube_scheduler(
+    hami: HamiScheduler, control_plane: ControlPlane, start_kube_scheduler: Callable[..., Any]
+) -> Any:
+    """kube-scheduler with the ``hami-scheduler`` profile and ``hami`` as its extender."""
+    extender = ExtenderConfig(
+        url_prefix=hami.url, ca_pem=control_plane.ca.cert_pem, managed_resources=MANAGED_RESOURCES
+    )
+    return start_kube_scheduler(
+        scheduler_name=SCHEDULER,
+        extender=extender,
+        extra={"podInitialBackoffSeconds": 1, "podMaxBackoffSeconds": 2},
+    )

@@ -12,10 +12,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import os
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -24,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from components import device_plugin
 from harness import ControlPlane, Json, request_json
 from kubernetes import client as k8s
 
@@ -72,56 +71,21 @@ def run(fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
 async def plugin(
     control_plane: ControlPlane, api: k8s.ApiClient, node: str, namespace: str
 ) -> AsyncIterator[Env]:
-    work = Path(tempfile.mkdtemp(prefix="dpn-", dir="/tmp"))  # short: unix socket paths
-    kdir, hook = work / "k", work / "h"
-    table = work / "gpus.cfg"
-    table.write_text(TABLE)
-    devcfg = work / "device-config.yaml"
-    devcfg.write_text(f"nvidia:\n  deviceSplitCount: {SPLIT}\n  deviceMemoryScaling: 1\n")
-    log = work / "plugin.log"
-    kubelet = FakeKubelet(kdir)
-    await kubelet.start()
-    env = {
-        **os.environ,
-        "LD_LIBRARY_PATH": str(standin_dir()),
-        "HAMI_FAKE_GPU_CONFIG": str(table),
-        "HAMI_DEVICES__NVIDIA__NODE_CONFIG_FILE": str(work / "no-config.json"),
-        "HAMI_DEVICES__NVIDIA__SYSFS_ROOT": str(work / "sys"),
-        "HAMI_PLUGINS": "nvidia",
-    }
-    with log.open("wb") as out:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "hami_core_fw.cli",
-            "device-plugin",
-            "--vendor=nvidia",
-            f"--node-name={node}",
-            f"--kubeconfig={control_plane.kubeconfig}",
-            f"--kubelet-dir={kdir}",
-            f"--hook-path={hook}",
-            f"--device-config={devcfg}",
+    async with device_plugin(
+        control_plane,
+        node,
+        vendor="nvidia",
+        device_config=f"nvidia:\n  deviceSplitCount: {SPLIT}\n  deviceMemoryScaling: 1\n",
+        nvml_table=TABLE,
+        nvml_dir=standin_dir(),
+        extra_args=(
             "--register-interval=30",
             "--health-interval=0.2",
             "--watch-interval=0.05",
             "--grace-period=1",
-            env=env,
-            stdout=out,
-            stderr=out,
-        )
-    kube = await kapi.Kube.connect(str(control_plane.kubeconfig))
-    try:
-        yield Env(kube, kubelet, node, namespace, hook, table, api, log)
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 20)
-            except TimeoutError:
-                proc.kill()
-        await kube.close()
-        await kubelet.stop()
-    assert proc.returncode == 0, log.read_text()[-4000:]
+        ),
+    ) as dp:
+        yield Env(dp.kube, dp.kubelet, node, namespace, dp.hook, dp.table, api, dp.log)
 
 
 async def wait_node(

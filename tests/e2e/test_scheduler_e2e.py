@@ -16,169 +16,36 @@ then proceeds at once.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import os
-import signal
-import sys
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
+from components import SCHEDULER, HamiScheduler, LockReleaser
 from harness import (
     ControlPlane,
-    ExtenderConfig,
     Json,
-    ManagedProcess,
-    free_port,
-    https_get_ok,
-    register_mutating_webhook,
     request_json,
     wait_until,
 )
 from kubernetes import client as k8s
 
 from hami_core_fw import _names, codec
-from hami_core_fw.k8s import api as kapi
-from hami_core_fw.k8s import lock
 
 pytestmark = pytest.mark.e2e
 
 FAKE_GPU = "hami.io/fake-gpu"
 FAKE_MEM = "hami.io/fake-gpumem"
 FAKE_CORES = "hami.io/fake-gpucores"
-FAKE_RESOURCES = (FAKE_GPU, FAKE_MEM, "hami.io/fake-gpumem-percentage", FAKE_CORES)
 REGISTER = "hami.io/node-fake-register"
 ALLOCATED = "hami.io/fake-devices-allocated"
-SCHEDULER = "hami-scheduler"
 DEVMEM = 16384
 
 
 # ---------------------------------------------------------------------------------------------
 # the scheduler process
-
-
-class HamiScheduler:
-    """One ``hami scheduler`` subprocess on a fixed port (a restart reuses it)."""
-
-    def __init__(self, plane: ControlPlane, workdir: Path) -> None:
-        self.plane = plane
-        self.port = free_port()
-        self.metrics_port = free_port()
-        self.cert, self.key = plane.ca.issue_loopback_server("hami-scheduler").write(
-            workdir, "hami-scheduler"
-        )
-        self.workdir = workdir
-        self.process: ManagedProcess | None = None
-        self.starts = 0
-
-    @property
-    def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.starts += 1
-        env_args = [
-            sys.executable,
-            "-m",
-            "hami_core_fw.cli",
-            "--log-level=INFO",
-            "scheduler",
-            f"--kubeconfig={self.plane.kubeconfig}",
-            f"--http-bind=127.0.0.1:{self.port}",
-            f"--cert-file={self.cert}",
-            f"--key-file={self.key}",
-            f"--metrics-bind-address=127.0.0.1:{self.metrics_port}",
-            f"--scheduler-name={SCHEDULER}",
-        ]
-        self.process = ManagedProcess(
-            f"hami-scheduler-{self.starts}",
-            env_args,
-            self.plane.log_dir / f"hami-scheduler-{self.port}-{self.starts}.log",
-        )
-        self.plane.processes.append(self.process)
-        self.process.start()
-        context = self.plane.ca.client_ssl_context()
-        wait_until(
-            lambda: https_get_ok(f"{self.url}/readyz", context),
-            timeout=60,
-            what="hami scheduler /readyz",
-            processes=[self.process],
-        )
-
-    def kill(self) -> None:
-        """SIGKILL the whole process group: no drain, no lease release."""
-        assert self.process is not None and self.process.pid is not None
-        os.killpg(self.process.pid, signal.SIGKILL)
-        wait_until(
-            lambda: self.process is not None and self.process.exit_code() is not None,
-            timeout=10,
-            what="the scheduler to die",
-        )
-        self.process.stop()
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.stop()
-
-    def log(self) -> str:
-        return self.process.log_tail(200) if self.process is not None else ""
-
-
-@pytest.fixture
-def hami(
-    control_plane: ControlPlane, api: k8s.ApiClient, tmp_path: Path
-) -> Iterator[HamiScheduler]:
-    """A running ``hami scheduler`` with its webhook registered (and waited for)."""
-    scheduler = HamiScheduler(control_plane, tmp_path)
-    scheduler.start()
-    name = f"hami-webhook-{uuid.uuid4().hex[:6]}"
-    register_mutating_webhook(
-        api,
-        url=f"{scheduler.url}/webhook",
-        ca_pem=control_plane.ca.cert_pem,
-        configuration_name=name,
-        extra={
-            # only pods of the test namespaces (t-*) are sent, never the harness's own objects
-            "namespaceSelector": {
-                "matchExpressions": [
-                    {
-                        "key": "kubernetes.io/metadata.name",
-                        "operator": "NotIn",
-                        "values": ["default", "kube-system"],
-                    }
-                ]
-            }
-        },
-    )
-    try:
-        yield scheduler
-    finally:
-        request_json(
-            api,
-            "DELETE",
-            f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{name}",
-        )
-        scheduler.stop()
-
-
-@pytest.fixture
-def kube_scheduler(
-    hami: HamiScheduler, control_plane: ControlPlane, start_kube_scheduler: Callable[..., Any]
-) -> Any:
-    extender = ExtenderConfig(
-        url_prefix=hami.url, ca_pem=control_plane.ca.cert_pem, managed_resources=FAKE_RESOURCES
-    )
-    return start_kube_scheduler(
-        scheduler_name=SCHEDULER,
-        extender=extender,
-        extra={"podInitialBackoffSeconds": 1, "podMaxBackoffSeconds": 2},
-    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,80 +128,6 @@ def assert_not_overcommitted(pods: list[Json], nodes: dict[str, int], slots: int
         assert cores <= 100, (uuid_, cores)
         assert count <= slots, (uuid_, count)
     assert set(nodes) >= {u.rsplit("-", 1)[0].removeprefix("FAKE-") for u in per_device}
-
-
-class LockReleaser:
-    """The device plugin's part in lock handling: release a node's lock once its pod is bound.
-
-    Runs a watch on the namespace's pods (through ``hami_core_fw.k8s``) on its own event loop in a
-    thread; records every bound pod; ``all_bound(n)`` waits for ``n`` of them.
-    """
-
-    def __init__(self, plane: ControlPlane, namespace: str) -> None:
-        self.plane = plane
-        self.namespace = namespace
-        self.bound: dict[str, str] = {}
-        self.bound_at: dict[str, float] = {}
-        self.released = 0
-        self._cond = threading.Condition()
-        self._loop = asyncio.new_event_loop()
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._ready = threading.Event()
-        self.error: BaseException | None = None
-
-    def __enter__(self) -> LockReleaser:
-        self._thread.start()
-        assert self._ready.wait(30), "lock releaser did not start"
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(30)
-
-    def _run(self) -> None:
-        self._loop.run_until_complete(self._main())
-
-    async def _main(self) -> None:
-        self._stop = asyncio.Event()
-        kube = await kapi.Kube.connect(str(self.plane.kubeconfig))
-        try:
-            path = f"/api/v1/namespaces/{self.namespace}/pods"
-            listed = await kube.list(path)
-            rv = listed["metadata"]["resourceVersion"]
-            self._ready.set()
-            watcher = asyncio.ensure_future(self._watch(kube, path, rv))
-            await self._stop.wait()
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
-        except BaseException as err:
-            self.error = err
-            self._ready.set()
-            raise
-        finally:
-            await kube.close()
-
-    async def _watch(self, kube: kapi.Kube, path: str, rv: str) -> None:
-        while True:
-            async for event in kube.watch(path, resource_version=rv, timeout_s=60):
-                pod = event["object"]
-                rv = pod["metadata"]["resourceVersion"]
-                node = (pod.get("spec") or {}).get("nodeName")
-                name = pod["metadata"]["name"]
-                if event["type"] == "BOOKMARK" or not node or name in self.bound:
-                    continue
-                if await lock.release_node_lock(kube, node, self.namespace, name):
-                    self.released += 1
-                with self._cond:
-                    self.bound[name] = node
-                    self.bound_at[name] = time.monotonic()
-                    self._cond.notify_all()
-
-    def wait_bound(self, n: int, timeout: float) -> bool:
-        with self._cond:
-            return self._cond.wait_for(lambda: len(self.bound) >= n, timeout)
 
 
 # ---------------------------------------------------------------------------------------------
