@@ -99,7 +99,14 @@ static void early_init(void)
         LOG_INFO("CUDA_DISABLE_CONTROL is set: every call passes through");
 }
 
-__attribute__((constructor)) static void shim_ctor(void) { pthread_once(&early_once, early_init); }
+/* Set once the constructor has run: from then on dlsym may run the (instrumented) shim code. */
+__attribute__((visibility("hidden"))) int hami_ctor_done;
+
+__attribute__((constructor)) static void shim_ctor(void)
+{
+    pthread_once(&early_once, early_init);
+    __atomic_store_n(&hami_ctor_done, 1, __ATOMIC_RELEASE);
+}
 
 __attribute__((destructor)) static void shim_dtor(void)
 {
@@ -325,31 +332,60 @@ __attribute__((visibility("hidden"))) void *hami_dlsym_impl(void *handle, const 
     return real_dlsym(handle, name);
 }
 
+/* Before the constructor ran (a sanitizer runtime or another library's constructor looking symbols
+ * up), nothing of the shim may run that needs its own initialisation (sanitizer shadow memory
+ * included): resolve the C library's dlsym and forward, uninstrumented. */
+#if defined(__clang__) || defined(__GNUC__)
+#define HAMI_NO_SANITIZE __attribute__((no_sanitize("address", "thread", "undefined")))
+#else
+#define HAMI_NO_SANITIZE
+#endif
+__attribute__((visibility("hidden"))) HAMI_NO_SANITIZE void *hami_dlsym_cold(void *handle,
+                                                                             const char *name)
+{
+    static const char *const versions[] = {"GLIBC_2.34", "GLIBC_2.2.5", "GLIBC_2.17", "GLIBC_2.0"};
+    void *p = __atomic_load_n(&hami_real_dlsym_next, __ATOMIC_ACQUIRE);
+    for (size_t i = 0; !p && i < sizeof(versions) / sizeof(versions[0]); i++)
+        p = dlvsym(RTLD_NEXT, "dlsym", versions[i]);
+    if (!p)
+        return NULL;
+    __atomic_store_n(&hami_real_dlsym_next, p, __ATOMIC_RELEASE);
+    return ((void *(*)(void *, const char *))p)(handle, name);
+}
+
 #if defined(__x86_64__)
 __asm__(".text\n"
         ".globl dlsym\n"
         ".type dlsym, @function\n"
         "dlsym:\n"
-        "    cmpq $-1, %rdi\n"
-        "    jne 1f\n"
         "    movq hami_real_dlsym_next(%rip), %rax\n"
         "    testq %rax, %rax\n"
-        "    je 1f\n"
+        "    je 2f\n"
+        "    cmpq $-1, %rdi\n"
+        "    jne 1f\n"
         "    jmp *%rax\n"
-        "1:  jmp hami_dlsym_impl\n"
+        "1:  movl hami_ctor_done(%rip), %eax\n"
+        "    testl %eax, %eax\n"
+        "    je 2f\n"
+        "    jmp hami_dlsym_impl\n"
+        "2:  jmp hami_dlsym_cold\n"
         ".size dlsym, .-dlsym\n");
 #elif defined(__aarch64__)
 __asm__(".text\n"
         ".globl dlsym\n"
         ".type dlsym, %function\n"
         "dlsym:\n"
-        "    cmn x0, #1\n"
-        "    b.ne 1f\n"
         "    adrp x16, hami_real_dlsym_next\n"
         "    ldr x16, [x16, :lo12:hami_real_dlsym_next]\n"
-        "    cbz x16, 1f\n"
+        "    cbz x16, 2f\n"
+        "    cmn x0, #1\n"
+        "    b.ne 1f\n"
         "    br x16\n"
-        "1:  b hami_dlsym_impl\n"
+        "1:  adrp x17, hami_ctor_done\n"
+        "    ldr w17, [x17, :lo12:hami_ctor_done]\n"
+        "    cbz w17, 2f\n"
+        "    b hami_dlsym_impl\n"
+        "2:  b hami_dlsym_cold\n"
         ".size dlsym, .-dlsym\n");
 #else
 /* Other architectures: RTLD_NEXT is resolved relative to the shim (documented limitation). */
