@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, cast
 
 from hami_core_fw import _names, codec, errors, generic, models, plugins, quota, vendor
 from hami_core_fw.scheduler import policy, state
@@ -136,12 +136,27 @@ class _Plan:
     weights: codec.ScoringWeights
 
 
-@dataclass(frozen=True, slots=True)
-class _NodeResult:
-    ok: bool
-    devices: models.PodDevices = field(default_factory=dict)
-    message: str = ""
-    bonus: float = 0.0
+#: a node's chosen devices as nested tuples of plain values: per vendor ``(cw, entries)``, each
+#: entry a tuple of ``(uuid, type, usedmem, usedcores)``. The memo keeps these rather than model
+#: objects: the garbage collector stops tracking tuples of plain values, so a memo of thousands of
+#: results does not make full collections (hundreds of ms) land in filter calls.
+_Packed = tuple[tuple[str, tuple[tuple[tuple[str, str, int, int], ...], ...]], ...]
+#: the outcome on one node: the failure message, or (vendor bonus, packed devices)
+_Outcome = str | tuple[float, _Packed]
+
+
+def _pack(devices: Mapping[str, models.PodSingleDevices]) -> _Packed:
+    return tuple(
+        (cw, tuple(tuple((d.uuid, d.type, d.usedmem, d.usedcores) for d in e) for e in entries))
+        for cw, entries in devices.items()
+    )
+
+
+def _unpack(packed: _Packed) -> dict[str, models.PodSingleDevices]:
+    return {
+        cw: tuple(tuple(models.ContainerDevice(*d) for d in e) for e in entries)
+        for cw, entries in packed
+    }
 
 
 def _annotation(pod: models.PodView, key: str) -> str | None:
@@ -283,7 +298,7 @@ def _is_mig_request(vp: _VendorPlan, devices: Sequence[models.DeviceUsage]) -> b
     return vp.mig_allowed and any(d.mode == _MIG_MODE for d in devices)
 
 
-def _evaluate(entry: state.NodeEntry, plan: _Plan) -> _NodeResult:
+def _evaluate(entry: state.NodeEntry, plan: _Plan) -> _Outcome:
     """Fit every container of the pod on one node (hami-compat.md 4.6)."""
     base = entry.devices
     app = base
@@ -300,7 +315,7 @@ def _evaluate(entry: state.NodeEntry, plan: _Plan) -> _NodeResult:
             vp = plan.vendors[cw]
             candidates = devices.get(cw, ())
             if request.nums > len(candidates) and not _is_mig_request(vp, candidates):
-                return _NodeResult(ok=False, message=models.Reason.NODE_INSUFFICIENT_DEVICE.value)
+                return models.Reason.NODE_INSUFFICIENT_DEVICE.value
             ordered = policy.order_devices_by(candidates, request, vp.sort_key, plan.weights)
             ctx = vendor.FitContext(
                 pod=plan.pod,
@@ -314,7 +329,7 @@ def _evaluate(entry: state.NodeEntry, plan: _Plan) -> _NodeResult:
             result = vp.vendor.fit(ordered, request, ctx)
             if not result.ok:
                 message = codec.format_reasons(result.reasons, result.total)
-                return _NodeResult(ok=False, message=message or models.Reason.NODE_UNFIT_POD.value)
+                return message or models.Reason.NODE_UNFIT_POD.value
             chosen[cw] = result.devices
         for cw, entries in allocated.items():
             entries.append(chosen.get(cw, ()))
@@ -333,7 +348,7 @@ def _evaluate(entry: state.NodeEntry, plan: _Plan) -> _NodeResult:
         if vp.neutral:
             value *= -10000 if plan.node_policy == policy.SPREAD else 10000
         bonus += value
-    return _NodeResult(ok=True, devices=devices_out, bonus=bonus)
+    return (bonus, _pack(devices_out))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -440,12 +455,12 @@ def filter_pod(
     veto = _hooked(host, _FILTER_HOOK)
     adjust = _hooked(host, _SCORE_HOOK)
 
-    def judge(entry: state.NodeEntry) -> _NodeResult:
+    def judge(entry: state.NodeEntry) -> _Outcome:
         """The pod on one node: a plugin veto, or the (memoised) fit of every container."""
         if veto:
             reasons = host.node_filter(pod=pod, node=entry.view)
             if reasons:
-                return _NodeResult(ok=False, message=", ".join(reasons))
+                return ", ".join(reasons)
         if not memo:
             return _evaluate(entry, plan)
         key: object = sid
@@ -454,13 +469,16 @@ def filter_pod(
             key = (
                 sid,
                 tuple(
-                    (None if vp.uuid_allow is None else vp.uuid_allow & ids, vp.uuid_deny & ids)
+                    (
+                        None if vp.uuid_allow is None else tuple(sorted(vp.uuid_allow & ids)),
+                        tuple(sorted(vp.uuid_deny & ids)),
+                    )
                     for vp in per_node
                 ),
             )
         cached = entry.memo.get(key)
-        if isinstance(cached, _NodeResult):
-            return cached
+        if cached is not None:
+            return cast("_Outcome", cached)
         result = _evaluate(entry, plan)
         if len(entry.memo) >= state.MEMO_PER_NODE:
             del entry.memo[next(iter(entry.memo))]
@@ -485,33 +503,33 @@ def filter_pod(
         ranked.sort(key=lambda ne: ne[1].score, reverse=not spread)
         for name, entry in ranked:
             result = judge(entry)
-            if result.ok:
+            if not isinstance(result, str):
                 return FilterDecision(
                     node=name,
-                    devices=result.devices,
+                    devices=_unpack(result[1]),
                     failed=failed,
                     scores={name: entry.score},
                     node_policy=node_pol,
                     gpu_policy=gpu_pol,
                 )
-            failed[name] = result.message
+            failed[name] = result
         return FilterDecision(node=None, failed=failed, node_policy=node_pol, gpu_policy=gpu_pol)
 
-    fitting: dict[str, _NodeResult] = {}
+    fitting: dict[str, _Packed] = {}
     for name, entry in entries:
         result = judge(entry)
-        if not result.ok:
-            failed[name] = result.message
+        if isinstance(result, str):
+            failed[name] = result
             continue
-        score = entry.score + result.bonus
+        score = entry.score + result[0]
         if adjust:
             score = host.node_score(pod=pod, node=entry.view, score=score)
         scores[name] = score
-        fitting[name] = result
+        fitting[name] = result[1]
     best = policy.choose_node(scores, node_pol)
     return FilterDecision(
         node=best,
-        devices=fitting[best].devices if best is not None else {},
+        devices=_unpack(fitting[best]) if best is not None else {},
         failed=failed,
         scores=scores,
         node_policy=node_pol,

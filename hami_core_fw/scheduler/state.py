@@ -24,7 +24,7 @@ from hami_core_fw.scheduler import policy
 TERMINAL_PHASES: Final = frozenset({"Succeeded", "Failed"})
 
 #: most memoised fit results kept per node (oldest dropped first)
-MEMO_PER_NODE: Final = 64
+MEMO_PER_NODE: Final = 256
 #: interned filter signatures kept before the table is cleared
 MAX_SIGNATURES: Final = 4096
 
