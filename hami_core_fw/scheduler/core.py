@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from typing import Final, cast
 
 from hami_core_fw import _names, codec, errors, generic, models, plugins, quota, vendor
-from hami_core_fw.scheduler import policy, state
+from hami_core_fw.scheduler import policy
+from hami_core_fw.scheduler import state as cluster_state
 
 NODE_UNREGISTERED: Final = "node unregistered"
 
@@ -298,7 +299,7 @@ def _is_mig_request(vp: _VendorPlan, devices: Sequence[models.DeviceUsage]) -> b
     return vp.mig_allowed and any(d.mode == _MIG_MODE for d in devices)
 
 
-def _evaluate(entry: state.NodeEntry, plan: _Plan) -> _Outcome:
+def _evaluate(entry: cluster_state.NodeEntry, plan: _Plan) -> _Outcome:
     """Fit every container of the pod on one node (hami-compat.md 4.6)."""
     base = entry.devices
     app = base
@@ -363,8 +364,8 @@ def _hooked(host: plugins.PluginHost, hook: str, *, external_only: bool = False)
 
 
 def _without(
-    st: state.ClusterState, record: state.PodRecord
-) -> tuple[state.NodeEntry | None, quota.QuotaLedger]:
+    st: cluster_state.ClusterState, record: cluster_state.PodRecord
+) -> tuple[cluster_state.NodeEntry | None, quota.QuotaLedger]:
     """The pod's node and the quota ledger as if its earlier reservation were gone (4.4)."""
     entry = st.entry(record.node)
     detached = None
@@ -392,7 +393,7 @@ def _without(
 
 
 def filter_pod(
-    st: state.ClusterState,
+    state: cluster_state.ClusterState,
     host: plugins.PluginHost,
     pod: models.PodView,
     candidates: Sequence[str],
@@ -436,26 +437,26 @@ def filter_pod(
                 node=None, error=str(err), node_policy=node_pol, gpu_policy=gpu_pol
             )
 
-    record = st.reservation(pod.uid) if pod.uid else None
-    own_entry: state.NodeEntry | None = None
-    ledger = st.quota
+    record = state.reservation(pod.uid) if pod.uid else None
+    own_entry: cluster_state.NodeEntry | None = None
+    ledger = state.quota
     if record is not None:
-        own_entry, ledger = _without(st, record)
+        own_entry, ledger = _without(state, record)
     third_party_quota = _hooked(host, _QUOTA_HOOK, external_only=True)
     plan = _make_plan(host, pod, reqs, node_pol, gpu_pol, weights, ledger, third_party_quota)
 
-    memo = st.fit_cache and record is None
+    memo = state.fit_cache and record is None
     sid = 0
     per_node: list[_VendorPlan] = []
     if memo:
         quota_active = any(vp.quota_fits is not None for vp in plan.vendors.values())
-        token = (pod.namespace, st.quota_generation(pod.namespace)) if quota_active else None
-        sid = st.signature_id(_signature(plan, token))
+        token = (pod.namespace, state.quota_generation(pod.namespace)) if quota_active else None
+        sid = state.signature_id(_signature(plan, token))
         per_node = [vp for vp in plan.vendors.values() if vp.uuid_allow is not None or vp.uuid_deny]
     veto = _hooked(host, _FILTER_HOOK)
     adjust = _hooked(host, _SCORE_HOOK)
 
-    def judge(entry: state.NodeEntry) -> _Outcome:
+    def judge(entry: cluster_state.NodeEntry) -> _Outcome:
         """The pod on one node: a plugin veto, or the (memoised) fit of every container."""
         if veto:
             reasons = host.node_filter(pod=pod, node=entry.view)
@@ -480,16 +481,16 @@ def filter_pod(
         if cached is not None:
             return cast("_Outcome", cached)
         result = _evaluate(entry, plan)
-        if len(entry.memo) >= state.MEMO_PER_NODE:
+        if len(entry.memo) >= cluster_state.MEMO_PER_NODE:
             del entry.memo[next(iter(entry.memo))]
         entry.memo[key] = result
         return result
 
     failed: dict[str, str] = {}
     scores: dict[str, float] = {}
-    entries: list[tuple[str, state.NodeEntry]] = []
+    entries: list[tuple[str, cluster_state.NodeEntry]] = []
     for name in candidates:
-        entry = own_entry if record is not None and name == record.node else st.entry(name)
+        entry = own_entry if record is not None and name == record.node else state.entry(name)
         if entry is None:
             failed[name] = NODE_UNREGISTERED
         else:
