@@ -60,7 +60,7 @@ def load(host: plugins.PluginHost, cluster_path: str | None, workload_path: str 
     w_src = spec.read_source(workload_path, spec.EXAMPLE_WORKLOAD)
     cluster = spec.parse_cluster(c_src)
     workload = spec.parse_workload(w_src)
-    nodes, problems = spec.build_nodes(cluster, host, c_src.name)
+    nodes, problems = spec.build_nodes(cluster, host)
     names = {n.view.name for n in nodes}
     existing, more = spec.build_pods(cluster.pods, "pods", existing=True, node_names=names)
     problems += more + _problems_of_requests(host, existing, "pods")

@@ -295,9 +295,7 @@ def _expand(name: str, i: int, replicas: int) -> str:
     return f"{name}-{i}" if replicas > 1 else name
 
 
-def build_nodes(
-    spec: ClusterSpec, host: plugins.PluginHost, source: str
-) -> tuple[list[SimNode], list[str]]:
+def build_nodes(spec: ClusterSpec, host: plugins.PluginHost) -> tuple[list[SimNode], list[str]]:
     """Concrete nodes, and the problems found (unknown vendors, duplicate names, bad indexes)."""
     problems: list[str] = []
     nodes: list[SimNode] = []
