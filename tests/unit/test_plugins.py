@@ -170,9 +170,7 @@ def test_allowlist_and_blocklist(site: Path) -> None:
     assert list(plugins.make_plugin_manager(env={"HAMI_PLUGINS": "acme"}).vendors) == ["acme"]
     assert list(plugins.make_plugin_manager(env={"HAMI_PLUGINS": ""}).vendors) == []
     assert ours({"HAMI_DISABLED_PLUGINS": "acme"}) == ["fake"]
-    assert list(plugins.make_plugin_manager(env={"HAMI_DISABLED_PLUGINS": "*"}).vendors) == [
-        "fake"
-    ]
+    assert list(plugins.make_plugin_manager(env={"HAMI_DISABLED_PLUGINS": "*"}).vendors) == ["fake"]
     assert ours({"HAMI_DISABLED_PLUGINS": "fake"}) == ["acme"]
     no_autoload = plugins.make_plugin_manager(env={"HAMI_DISABLE_PLUGIN_AUTOLOAD": "1"})
     assert list(no_autoload.vendors) == ["fake"]
