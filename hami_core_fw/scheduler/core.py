@@ -25,6 +25,7 @@ labels, so such a vendor's fit must depend on nothing else of the pod (not its n
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, cast
@@ -499,10 +500,14 @@ def filter_pod(
     if not exhaustive and not adjust and all(vp.zero_bonus for vp in plan.vendors.values()):
         # a node's score is known before fitting it: try the nodes best first, stop at the
         # first fit; it is the node the exhaustive walk would choose (same score, same tie-break)
-        spread = node_pol.strip() == policy.SPREAD
-        ranked = sorted({name: e for name, e in entries}.items(), key=lambda ne: ne[0])
-        ranked.sort(key=lambda ne: ne[1].score, reverse=not spread)
-        for name, entry in ranked:
+        sign = 1.0 if node_pol.strip() == policy.SPREAD else -1.0
+        by_name = dict(entries)
+        # a heap, not a sort: usually only the first few nodes are tried
+        heap = [(sign * e.score, name) for name, e in by_name.items()]
+        heapq.heapify(heap)
+        while heap:
+            name = heapq.heappop(heap)[1]
+            entry = by_name[name]
             result = judge(entry)
             if not isinstance(result, str):
                 return FilterDecision(
@@ -517,16 +522,19 @@ def filter_pod(
         return FilterDecision(node=None, failed=failed, node_policy=node_pol, gpu_policy=gpu_pol)
 
     fitting: dict[str, _Packed] = {}
+    fast = memo and not veto and not per_node
     for name, entry in entries:
-        result = judge(entry)
-        if isinstance(result, str):
-            failed[name] = result
+        # the memo hit inlined for the common case: this loop runs for every candidate node
+        hit = entry.memo.get(sid) if fast else None
+        outcome = judge(entry) if hit is None else cast("_Outcome", hit)
+        if isinstance(outcome, str):
+            failed[name] = outcome
             continue
-        score = entry.score + result[0]
+        score = entry.score + outcome[0]
         if adjust:
             score = host.node_score(pod=pod, node=entry.view, score=score)
         scores[name] = score
-        fitting[name] = result[1]
+        fitting[name] = outcome[1]
     best = policy.choose_node(scores, node_pol)
     return FilterDecision(
         node=best,
