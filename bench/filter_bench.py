@@ -8,11 +8,15 @@ pods with an init container. Each placed pod is reserved with ``set_pod`` (as th
 and one random older pod is removed, so the cluster keeps its density and every placement and
 removal invalidates the per-node fit memo of the nodes it touches.
 
-Two modes per size:
+Five runs per size:
 
-* ``memo``: the state as the extender keeps it (per-node fit memo on): the steady state;
-* ``cold``: the memo switched off, so every call fits every node: the cost of a pod shape the
-  scheduler has not seen since its nodes last changed (a smaller sample: it is slow).
+* exhaustive, memo on, ``templates`` stream: the extender's default ``filter_pod`` over a stream
+  drawn from a dozen pod shapes (deployments and jobs repeat shapes): the steady state;
+* exhaustive, memo on, ``random`` stream: about a hundred shapes drawn at random, so memo entries
+  are often stale or evicted: a pessimistic steady state;
+* first-fit (``exhaustive=False``), memo on: stops at the first fitting node in score order;
+* exhaustive and first-fit with the memo off: every call fits every node it tries, the cost of a
+  pod shape not seen since the nodes last changed (a smaller sample: it is slow).
 
 The garbage collector's view of the long-lived state is frozen (``gc.freeze()``) after the set-up,
 as a long-running scheduler would do after its initial sync; otherwise a full collection over the
