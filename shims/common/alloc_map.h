@@ -16,6 +16,8 @@ enum hami_kind {
     HAMI_K_ARRAY,     /* CUarray */
     HAMI_K_MIPMAP,    /* CUmipmappedArray */
     HAMI_K_POOL,      /* a pool's charge: key = pool, size = charged bytes */
+    HAMI_K_CTX,       /* a context made by cuCtxCreate*: size = its charged overhead */
+    HAMI_K_GRAPH,     /* an instantiated graph: size = launch cost (kernel work), not memory */
 };
 
 struct hami_entry {

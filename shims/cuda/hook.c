@@ -66,8 +66,8 @@ static void on_fork_child(void)
     hami_g.pid = (int32_t)getpid();
     hami_g.sh.slot = -1;
     hami_g.sh.me = NULL;
-    extern void hami_memory_fork_child(void);
     hami_memory_fork_child();
+    hami_context_fork_child();
 }
 
 static void find_real_dlsym(void)

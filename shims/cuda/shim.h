@@ -53,6 +53,9 @@ void hami_init_slow(void);
 int hami_attach_slow(void);
 void hami_limiter_start(void);
 void hami_throttle(CUstream stream, uint64_t cost);
+/* pthread_atfork child handlers of the translation units with process-local state. */
+void hami_memory_fork_child(void);
+void hami_context_fork_child(void);
 
 static inline void hami_init(void)
 {

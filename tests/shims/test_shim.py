@@ -140,6 +140,52 @@ def test_malformed_limit_fails_closed_with_one_error(shim):
     assert len(errors) == 1, res.stderr
 
 
+def test_context_overhead_is_charged_and_released(shim):
+    """Contexts consume device memory in the stand-in (context_mib); the shim charges exactly that
+    to context_size, counts it toward the limit and in cuMemGetInfo, and releases it on destroy /
+    last primary release (shim-contract.md 6.2)."""
+    conf = shim.tmp / "gpus.conf"
+    conf.write_text("context_mib = 64\n" + conf.read_text())
+    env = {"CUDA_DEVICE_MEMORY_LIMIT_0": "1g", "CUDA_DEVICE_MEMORY_LIMIT_1": "200m"}
+    p = shim.start("contexts", str(100 * MIB), **env)
+    try:
+        held = p.until("primary")
+        r = shim.region()
+        assert r.usage(0).context_size == 64 * MIB  # retained twice, charged once
+        assert r.usage(0).total == int(held["primary.driver_used_0"]) == 64 * MIB
+        assert (int(held["primary.total"]), int(held["primary.free"])) == (1024 * MIB, 960 * MIB)
+        assert_consistent(r)
+        p.resume()
+        held = p.until("created")
+        r = shim.region()
+        assert int(held["alloc_rc"]) == 0
+        assert r.usage(0) == region.DeviceUsage(192 * MIB, 0, 100 * MIB, 292 * MIB)
+        assert r.usage(0).total == int(held["created.driver_used_0"])
+        # two contexts on device 1 leave 72 MiB of its 200 MiB: the 100 MiB allocation is refused
+        assert int(held["alloc_in_created_rc"]) == OOM
+        assert r.usage(1) == region.DeviceUsage(128 * MIB, 0, 0, 128 * MIB)
+        assert r.usage(1).total == int(held["created.driver_used_1"])
+        assert int(held["created.free"]) == 1024 * MIB - 292 * MIB
+        assert_consistent(r)
+        p.resume()
+        held = p.until("destroyed")
+        r = shim.region()
+        assert r.usage(0) == region.DeviceUsage(64 * MIB, 0, 0, 64 * MIB)
+        assert r.usage(1).total == 0 == int(held["destroyed.driver_used_1"])
+        assert r.usage(0).total == int(held["destroyed.driver_used_0"])
+        p.resume()
+        held = p.until("released")
+        r = shim.region()
+        assert r.usage(0).total == r.usage(1).total == 0
+        assert int(held["released.driver_used_0"]) == 0
+        assert_consistent(r)
+    finally:
+        res = p.finish()
+    assert res.rc == 0, res.stderr
+    base = shim.run("contexts", str(100 * MIB), shim=False, **env)
+    assert base.int("alloc_in_created_rc") == 0  # the refusal was the shim's
+
+
 # --------------------------------------------------------------------------------- capacity
 
 
