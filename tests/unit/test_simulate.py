@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import logging
 from collections.abc import Iterator
@@ -13,7 +14,6 @@ from hami_core_fw import cli, errors, plugins
 from hami_core_fw.simulate import runner, spec
 
 REPO = Path(__file__).resolve().parents[2]
-PACKAGE_EXAMPLES = REPO / "hami_core_fw" / "simulate" / "examples"
 
 
 @pytest.fixture(autouse=True)
@@ -36,10 +36,10 @@ def example(host: plugins.PluginHost) -> runner.Scenario:
 
 
 def test_example_copies_match_the_package_data() -> None:
+    installed = importlib.resources.files("hami_core_fw.simulate").joinpath("examples")
     for name in (spec.EXAMPLE_CLUSTER, spec.EXAMPLE_WORKLOAD):
-        assert (REPO / "examples" / "simulate" / name).read_text() == (
-            PACKAGE_EXAMPLES / name
-        ).read_text()
+        text = installed.joinpath(name).read_text(encoding="utf-8")
+        assert (REPO / "examples" / "simulate" / name).read_text(encoding="utf-8") == text
 
 
 def _outcome(result: runner.RunResult, pod: str) -> runner.PodOutcome:
