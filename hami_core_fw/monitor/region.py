@@ -6,12 +6,19 @@ Selection and summing follow HAMi's monitor (5.3): v0 when ``V0_SIZE <= size < V
 ``major_version == 1`` and ``size >= V1_SIZE``; per device, the sums run over slots
 ``0 .. proc_num - 1`` (clamped to ``0 .. 1024``) whose ``status`` is not 0.
 
-Pure: the functions take bytes (or any buffer) and return frozen dataclasses; :func:`read_file` is
-the only one that touches the file system.
+Decoding is pure: :func:`decode` takes bytes (or any buffer) and returns frozen dataclasses.
+:func:`read_file` reads the file; :func:`exclude_dead` and :func:`process_alive` read ``/proc``.
+
+Slots of processes that died without exiting cleanly (SIGKILL, crash) keep ``status != 0`` until a
+process of the container releases them: every live process's shim sweeps the slots every 250 ms,
+so a dead process's usage is gone within about 0.4 s while any process of the container runs. When
+none remains, nobody rewrites the file; a reader then applies :func:`exclude_dead`, which treats
+slots whose process is gone (or whose PID was reused: start time differs) as free.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +38,8 @@ __all__ = [
     "Region",
     "RegionError",
     "decode",
+    "exclude_dead",
+    "process_alive",
     "read_file",
 ]
 
@@ -300,3 +309,55 @@ def read_file(path: str | Path) -> Region:
     :raises OSError: the file cannot be read
     """
     return decode(Path(path).read_bytes())
+
+
+def process_alive(pid: int, start_time: int = 0, proc_root: str | Path = "/proc") -> bool:
+    """Whether ``pid`` names a running process (not a zombie) started at ``start_time``.
+
+    :param pid: a process ID in the namespace of ``proc_root``
+    :param start_time: ``/proc/<pid>/stat`` field 22 recorded for the slot; 0 = not recorded (only
+        existence is checked)
+    :param proc_root: the ``/proc`` mount to look in
+    :returns: False when the process is gone, a zombie, or the PID now names another process
+    """
+    if pid <= 0:
+        return False
+    try:
+        raw = (Path(proc_root) / str(pid) / "stat").read_bytes()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True  # unreadable (restricted /proc): never release a slot on a guess
+    # the command name may contain spaces and parentheses: fields follow the last ')'
+    fields = raw[raw.rfind(b")") + 2 :].split()
+    if len(fields) < 20:
+        return True  # unparsable: keep the slot
+    if fields[0] in (b"Z", b"X", b"x"):
+        return False
+    return not start_time or int(fields[19]) == start_time
+
+
+def exclude_dead(
+    region: Region, proc_root: str | Path = "/proc", *, use_hostpid: bool = False
+) -> Region:
+    """A copy of ``region`` in which the slots of dead processes are free (``status`` 0).
+
+    Our files record each slot's process start time in the extension, so a reused PID is told
+    apart; HAMi-core files are checked by existence only.
+
+    :param region: a decoded region
+    :param proc_root: the ``/proc`` mount whose PIDs the slots are checked against
+    :param use_hostpid: check ``hostpid`` (a reader in the host PID namespace, such as the node
+        monitor) instead of the container-namespace ``pid``; slots with no host PID yet are kept
+    :returns: the region with dead slots marked free; usage sums then exclude them
+    """
+    starts = region.extension.slot_start_times if region.extension else ()
+    slots = []
+    for s in region.slots:
+        pid = s.hostpid if use_hostpid else s.pid
+        start = starts[s.index] if s.index < len(starts) else 0
+        dead = s.status != 0 and pid != 0 and not process_alive(pid, start, proc_root)
+        if s.status != 0 and not use_hostpid and pid == 0:
+            dead = True  # a counted slot without a process
+        slots.append(dataclasses.replace(s, status=0) if dead else s)
+    return dataclasses.replace(region, slots=tuple(slots))

@@ -364,6 +364,18 @@ int hami_reclaim_dead(struct hami_shared *sh)
     return r;
 }
 
+int hami_sweep_dead(struct hami_shared *sh, uint64_t now_ns, uint64_t period_ns)
+{
+    if (!sh->v1 || sh->is_private)
+        return 0;
+    _Atomic uint64_t *last_p = &sh->ext->last_sweep_ns;
+    uint64_t last = atomic_load_explicit(last_p, memory_order_relaxed);
+    if ((now_ns >= last && now_ns - last < period_ns) ||
+        !atomic_compare_exchange_strong(last_p, &last, now_ns))
+        return 0; /* swept recently, or another process of the container sweeps now */
+    return hami_reclaim_dead(sh);
+}
+
 static int register_slot(struct hami_shared *sh)
 {
     if (hami_lock_region(sh) != 0)
@@ -424,9 +436,9 @@ void hami_region_detach(struct hami_shared *sh)
     if (hami_lock_region(sh) != 0)
         return;
     release_slot(sh, sh->slot);
-    hami_unlock(&sh->ext->region_lock.m);
-    sh->slot = -1;
+    sh->slot = -1; /* under the lock: the sweeping thread reads it */
     sh->me = NULL;
+    hami_unlock(&sh->ext->region_lock.m);
 }
 
 int hami_region_find_uuid(const struct hami_shared *sh, const char *uuid)

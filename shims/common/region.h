@@ -104,7 +104,8 @@ struct hami_ext {
     _Atomic uint32_t magic;
     uint32_t version;
     uint64_t size;
-    unsigned char pad0[48];
+    _Atomic uint64_t last_sweep_ns; /* CLOCK_MONOTONIC of the latest dead-slot sweep (any process) */
+    unsigned char pad0[40];
     union hami_lock region_lock;
     struct hami_ext_dev dev[HAMI_MAX_DEVICES];
     struct hami_ext_slot slot[HAMI_MAX_PROCS];
@@ -137,6 +138,7 @@ _Static_assert(offsetof(struct hami_region_v1, last_kernel_time) == 2008912, "la
 _Static_assert(offsetof(struct hami_region_v1, sem_postinit) == 2008920, "sem_postinit");
 _Static_assert(sizeof(struct hami_region_v1) == HAMI_V1_SIZE, "v1 size");
 _Static_assert(HAMI_EXT_OFFSET >= HAMI_V1_SIZE && HAMI_EXT_OFFSET % 4096 == 0, "ext offset");
+_Static_assert(offsetof(struct hami_ext, last_sweep_ns) == 16, "ext.last_sweep_ns");
 _Static_assert(offsetof(struct hami_ext, region_lock) == 64, "ext.region_lock");
 _Static_assert(offsetof(struct hami_ext, dev) == 128, "ext.dev");
 _Static_assert(sizeof(struct hami_ext_dev) == 128, "ext.dev size");
@@ -182,6 +184,11 @@ void hami_uncharge(struct hami_shared *sh, int pos, uint64_t n, enum hami_field 
 /* Releases the slots of dead processes (PID gone, zombie, or PID reused: start time differs).
  * Returns the number of slots released. */
 int hami_reclaim_dead(struct hami_shared *sh);
+
+/* The periodic sweep: at most one process of the container per `period_ns` (a CAS on the
+ * extension's last_sweep_ns) runs hami_reclaim_dead, so the container-wide cost is O(slots) per
+ * period however many processes call this. Returns the number of slots released. */
+int hami_sweep_dead(struct hami_shared *sh, uint64_t now_ns, uint64_t period_ns);
 
 /* Marks the own slot free (exit path) after releasing its charges. */
 void hami_region_detach(struct hami_shared *sh);

@@ -227,8 +227,8 @@ int hami_attach_slow(void)
         ok = 1;
     }
     pthread_mutex_unlock(&attach_mu);
-    if (ok && atomic_load(&hami_g.limiter_any))
-        hami_limiter_start();
+    if (ok)
+        hami_watcher_start();
     return ok;
 }
 

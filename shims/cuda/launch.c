@@ -14,7 +14,8 @@
 #include "limiter.h"
 #include "shim.h"
 
-#define TICK_NS 100000000ull
+#define TICK_NS 100000000ull  /* controller period */
+#define SWEEP_NS 250000000ull /* dead-slot sweep period, container-wide */
 
 static void sleep_ns(long ns)
 {
@@ -128,13 +129,11 @@ static void tick_device(int pos, struct dev_info *di)
     } while (!atomic_compare_exchange_weak(&ed->tokens, &cur, next));
 }
 
-static void *watcher(void *arg)
+static void setup_devices(struct dev_info *info)
 {
-    (void)arg;
-    struct dev_info info[HAMI_MAX_DEVICES];
-    for (int i = 0; i < HAMI_MAX_DEVICES; i++)
-        info[i] = (struct dev_info){-1, 0, 0, NULL};
     int count = 0;
+    if (!hami_real.cuDeviceGetAttribute)
+        return;
     if (hami_real.cuDeviceGetCount)
         hami_real.cuDeviceGetCount(&count);
     hami_nvml_resolve();
@@ -152,24 +151,44 @@ static void *watcher(void *arg)
             hami_real_nv.nvmlDeviceGetHandleByUUID(hami_g.sh.v1->uuids[pos], &di->nv) != NVML_SUCCESS)
             di->nv = NULL;
     }
+}
+
+/* The per-process watcher thread (started at attach, one per process): drives the compute
+ * controller when a compute limit applies, and takes part in the container's dead-slot sweep
+ * (hami_sweep_dead: one process per SWEEP_NS does the O(slots) check), so the usage of a process
+ * killed with SIGKILL is released within about SWEEP_NS + SWEEP_NS / 2 while any process of the
+ * container lives. */
+static void *watcher(void *arg)
+{
+    (void)arg;
+    struct dev_info info[HAMI_MAX_DEVICES];
+    for (int i = 0; i < HAMI_MAX_DEVICES; i++)
+        info[i] = (struct dev_info){-1, 0, 0, NULL};
+    int have_devices = 0;
     int32_t me = hami_g.pid;
     while (hami_g.pid == me) {
-        for (int pos = 0; pos < HAMI_MAX_DEVICES; pos++)
-            if (info[pos].ordinal >= 0 && device_limited(pos))
-                tick_device(pos, &info[pos]);
-        sleep_ns((long)TICK_NS / 2);
+        int limiting = atomic_load(&hami_g.limiter_any);
+        if (limiting) {
+            if (!have_devices) {
+                setup_devices(info);
+                have_devices = 1;
+            }
+            for (int pos = 0; pos < HAMI_MAX_DEVICES; pos++)
+                if (info[pos].ordinal >= 0 && device_limited(pos))
+                    tick_device(pos, &info[pos]);
+        }
+        hami_sweep_dead(&hami_g.sh, hami_monotonic_ns(), SWEEP_NS);
+        sleep_ns(limiting ? (long)TICK_NS / 2 : (long)SWEEP_NS / 2);
     }
     return NULL;
 }
 
 static _Atomic int32_t watcher_pid;
 
-void hami_limiter_start(void)
+void hami_watcher_start(void)
 {
     int32_t cur = atomic_load(&watcher_pid);
     if (cur == hami_g.pid || !atomic_compare_exchange_strong(&watcher_pid, &cur, hami_g.pid))
-        return;
-    if (!hami_real.cuDeviceGetAttribute)
         return;
     /* The thread takes no signals, so the application's handlers stay where they expect them. */
     sigset_t all, old;
@@ -180,7 +199,8 @@ void hami_limiter_start(void)
     pthread_attr_init(&a);
     pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
     if (pthread_create(&t, &a, watcher, NULL) != 0)
-        LOG_ERROR("cannot start the compute limiter thread; launches are not throttled");
+        LOG_ERROR("cannot start the watcher thread; launches are not throttled and dead processes' "
+                  "usage is released only when a process registers or an allocation is refused");
     pthread_attr_destroy(&a);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
 }

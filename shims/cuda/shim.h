@@ -51,7 +51,8 @@ extern struct hami_state hami_g;
 
 void hami_init_slow(void);
 int hami_attach_slow(void);
-void hami_limiter_start(void);
+/* Starts this process's watcher thread (limiter ticks, dead-slot sweep) once per process. */
+void hami_watcher_start(void);
 void hami_throttle(CUstream stream, uint64_t cost);
 /* pthread_atfork child handlers of the translation units with process-local state. */
 void hami_memory_fork_child(void);

@@ -335,6 +335,61 @@ def test_sigkill_mid_allocation_releases_the_usage(shim):
         p.finish()
 
 
+def poll_region(shim, done, deadline_s: float = 1.0):
+    """Reads the region until ``done(region)`` holds or the deadline passes; returns the last."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        r = shim.region()
+        if done(r) or time.monotonic() > deadline:
+            return r
+        time.sleep(0.02)
+
+
+def test_sigkilled_process_is_reclaimed_within_a_second_by_the_others(shim):
+    """Nobody allocates: the surviving process's watcher sweep releases the dead one's usage."""
+    env = {"CUDA_DEVICE_MEMORY_LIMIT": "1g"}
+    bystander = shim.start("paths", "alloc", str(100 * MIB), "1", **env)
+    victim = shim.start("stress", "midalloc", **env)
+    try:
+        bystander.until("allocated")
+        victim.until("running")
+        time.sleep(0.05)  # alloc/free pairs in flight: the kill lands mid-operation
+        os.kill(victim.p.pid, signal.SIGKILL)
+        victim.kill()  # reaped: not even a zombie is left
+
+        def reclaimed(r: region.Region) -> bool:
+            return [s.pid for s in r.live_slots()] == [bystander.p.pid]
+
+        r = poll_region(shim, reclaimed, 1.0)
+        assert reclaimed(r), [(s.pid, s.used[0].total) for s in r.live_slots()]
+        assert r.usage(0).total == 100 * MIB
+        assert_consistent(r)  # the counter is repaired even if the kill landed under the lock
+    finally:
+        victim.kill()
+        res = bystander.finish()
+    assert res.rc == 0, res.stderr
+    r = shim.region()
+    assert r.live_slots() == ()
+    assert r.usage(0).total == 0
+
+
+def test_reader_excludes_dead_processes_when_none_is_left(shim):
+    """With no process of the container alive nobody rewrites the file; the reader's exclude_dead
+    (what the node monitor applies) treats the dead process's slot as free."""
+    victim = shim.start("stress", "midalloc", CUDA_DEVICE_MEMORY_LIMIT="1g")
+    try:
+        victim.until("running")
+        os.kill(victim.p.pid, signal.SIGKILL)
+    finally:
+        victim.kill()
+    raw = shim.region()
+    assert [s.pid for s in raw.live_slots()] == [victim.p.pid]
+    assert raw.usage(0).total >= 600 * MIB
+    seen = region.exclude_dead(raw)
+    assert seen.live_slots() == ()
+    assert seen.usage(0).total == 0
+
+
 def test_process_killed_holding_the_lock_blocks_nobody(shim):
     env = {"CUDA_DEVICE_MEMORY_LIMIT": "1g"}
     dead = shim.run("lockholder", **env)

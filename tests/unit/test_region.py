@@ -119,3 +119,42 @@ def test_read_file(tmp_path):
     path = tmp_path / "x.cache"
     path.write_bytes(bytes(v1_file(size=region.V1_SIZE)))
     assert region.read_file(path).uuids[0] == UUID
+
+
+def fake_proc(root, pid: int, state: str, start: int, comm: str = "a (b) c") -> None:
+    fields = [state, *["0"] * 18, str(start), "0", "0"]
+    (root / str(pid)).mkdir(parents=True)
+    (root / str(pid) / "stat").write_text(f"{pid} ({comm}) " + " ".join(fields) + "\n")
+
+
+def test_process_alive_checks_existence_state_and_start_time(tmp_path):
+    fake_proc(tmp_path, 10, "S", 555)
+    fake_proc(tmp_path, 11, "Z", 556)
+    assert region.process_alive(10, 555, tmp_path)
+    assert region.process_alive(10, 0, tmp_path)  # start time not recorded: existence only
+    assert not region.process_alive(10, 554, tmp_path)  # the PID was reused
+    assert not region.process_alive(11, 556, tmp_path)  # zombie
+    assert not region.process_alive(12, 0, tmp_path)  # gone
+    assert not region.process_alive(0, 0, tmp_path)
+
+
+def test_exclude_dead_frees_slots_of_dead_processes(tmp_path):
+    buf = v1_file(size=region.EXT_OFFSET + 2176 + 16 * 1024)
+    struct.pack_into("<IIQ", buf, region.EXT_OFFSET, region.EXT_MAGIC, 1, 18560)
+    put_slot(buf, 0, 10, 1, 0, 100)  # alive
+    put_slot(buf, 1, 11, 1, 0, 20)  # gone
+    put_slot(buf, 2, 12, 1, 0, 3)  # PID reused by a process started later
+    for i, start in enumerate((555, 556, 557)):
+        struct.pack_into("<Q", buf, region.EXT_OFFSET + 2176 + 16 * i, start)
+    fake_proc(tmp_path, 10, "R", 555)
+    fake_proc(tmp_path, 12, "S", 999)
+    r = region.decode(buf)
+    assert r.usage(0).total == 123
+    live = region.exclude_dead(r, tmp_path)
+    assert [s.pid for s in live.live_slots()] == [10]
+    assert live.usage(0).total == 100
+    assert live.sm_util(0) == 30
+    # host view: the host PIDs (pid + 1000) are checked instead
+    fake_proc(tmp_path, 1011, "S", 556)
+    host = region.exclude_dead(r, tmp_path, use_hostpid=True)
+    assert [s.pid for s in host.live_slots()] == [11]
