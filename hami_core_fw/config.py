@@ -399,6 +399,14 @@ class SchedulerSettings(BaseModel):
         25.0, gt=0, description="how long a bind waits for a node lock; below httpTimeout 30 s"
     )
     force_overwrite_default_scheduler: bool = True
+    exhaustive_filter: bool = Field(
+        False,
+        description=(
+            "fit every candidate node on each /filter, so FilteringSucceed lists every fitting "
+            "node with its score as HAMi's does; the default stops at the first fitting node in "
+            "score order, which chooses the same node and devices much faster"
+        ),
+    )
 
 
 class WebhookSettings(BaseModel):

@@ -41,6 +41,27 @@ class SharingDefaults:
     core_policy: str = "default"
 
 
+@dataclass(frozen=True, slots=True)
+class _PodFilters:
+    """A pod's device selection annotations, parsed (hami-compat.md 2.3)."""
+
+    allow_types: tuple[str, ...]
+    deny_types: tuple[str, ...]
+    allow_uuids: frozenset[str]
+    deny_uuids: frozenset[str]
+    mode: str | None
+    numa_bind: bool
+
+    def type_ok(self, dev_type: str) -> bool:
+        """Upper-cased tokens are substrings of the upper-cased model; empty lists allow all."""
+        if not self.allow_types and not self.deny_types:
+            return True
+        upper = dev_type.upper()
+        if self.allow_types and not any(t in upper for t in self.allow_types):
+            return False
+        return not any(t in upper for t in self.deny_types)
+
+
 def _env_list(container: MutableMapping[str, object]) -> list[dict[str, object]]:
     env = container.get("env")
     if not isinstance(env, list):
@@ -108,6 +129,7 @@ class SharedDeviceVendor:
         self.keys = keys
         self.defaults = defaults or SharingDefaults()
         self.visible_env = visible_env
+        self._filters_memo: tuple[models.PodView, _PodFilters] | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.vendor_id!r}, common_word={self.common_word!r})"
@@ -214,32 +236,26 @@ class SharedDeviceVendor:
 
     # ------------------------------------------------------------------ fit
 
-    def _type_ok(self, pod: models.PodView, dev_type: str) -> bool:
-        allow = (
-            codec.split_list(pod.annotations.get(self.keys.use_type)) if self.keys.use_type else ()
-        )
-        deny = (
-            codec.split_list(pod.annotations.get(self.keys.nouse_type))
-            if self.keys.nouse_type
-            else ()
-        )
-        upper = dev_type.upper()
-        if allow and not any(t.upper() in upper for t in allow):
-            return False
-        return not any(t.upper() in upper for t in deny)
+    def _pod_filters(self, pod: models.PodView) -> _PodFilters:
+        """The pod's device filters, parsed once per pod (filter runs one pod on every node)."""
+        memo = self._filters_memo
+        if memo is not None and memo[0] is pod:
+            return memo[1]
+        keys, ann = self.keys, pod.annotations
 
-    def _uuid_ok(self, pod: models.PodView, uuid: str) -> bool:
-        allow = (
-            codec.split_list(pod.annotations.get(self.keys.use_uuid)) if self.keys.use_uuid else ()
+        def tokens(key: str) -> tuple[str, ...]:
+            return codec.split_list(ann.get(key)) if key else ()
+
+        filters = _PodFilters(
+            allow_types=tuple(t.upper() for t in tokens(keys.use_type)),
+            deny_types=tuple(t.upper() for t in tokens(keys.nouse_type)),
+            allow_uuids=frozenset(tokens(keys.use_uuid)),
+            deny_uuids=frozenset(tokens(keys.nouse_uuid)),
+            mode=ann.get(keys.vgpu_mode) if keys.vgpu_mode else None,
+            numa_bind=self.numa_bind(pod),
         )
-        deny = (
-            codec.split_list(pod.annotations.get(self.keys.nouse_uuid))
-            if self.keys.nouse_uuid
-            else ()
-        )
-        if allow and uuid not in allow:
-            return False
-        return uuid not in deny
+        self._filters_memo = (pod, filters)
+        return filters
 
     def _quota_ok(
         self,
@@ -264,12 +280,12 @@ class SharedDeviceVendor:
         ctx: vendor.FitContext,
     ) -> models.FitResult:
         """HAMi's NVIDIA ``Fit`` (4.7), walking the policy-sorted list from the end."""
-        pod = ctx.pod
         topo = "topology-aware" in ctx.gpu_policy
         mutex = "mutex" in ctx.gpu_policy
-        numa_bind = self.numa_bind(pod)
-        cordoned = set(codec.split_list(ctx.node.annotations.get(_names.ANNOTATION_DEVICE_CORDON)))
-        mode_filter = pod.annotations.get(self.keys.vgpu_mode) if self.keys.vgpu_mode else None
+        pf = self._pod_filters(ctx.pod)
+        numa_bind = pf.numa_bind
+        cordon = ctx.node.annotations.get(_names.ANNOTATION_DEVICE_CORDON)
+        cordoned = frozenset(codec.split_list(cordon)) if cordon else frozenset()
         reasons: Counter[models.Reason] = Counter()
         needed = request.nums
         chosen: list[models.ContainerDevice] = []
@@ -281,9 +297,7 @@ class SharedDeviceVendor:
             if dev.id in cordoned:
                 reasons[models.Reason.CARD_CORDONED] += 1
                 continue
-            if not self._type_ok(pod, dev.type) or (
-                mode_filter is not None and dev.mode not in mode_filter
-            ):
+            if not pf.type_ok(dev.type) or (pf.mode is not None and dev.mode not in pf.mode):
                 reasons[models.Reason.CARD_TYPE_MISMATCH] += 1
                 continue
             if numa_bind and dev.numa != prev_numa:
@@ -292,7 +306,7 @@ class SharedDeviceVendor:
                 needed = request.nums
                 chosen = []
                 prev_numa = dev.numa
-            if not self._uuid_ok(pod, dev.id):
+            if (pf.allow_uuids and dev.id not in pf.allow_uuids) or dev.id in pf.deny_uuids:
                 reasons[models.Reason.CARD_UUID_MISMATCH] += 1
                 continue
             if dev.count <= dev.used:

@@ -93,6 +93,13 @@ def register(
         type=_bool,
         help="take over pods of default-scheduler that request shared devices (true)",
     )
+    p.add_argument(
+        "--exhaustive-filter",
+        action="store_true",
+        default=None,
+        help="fit every candidate node per /filter (HAMi's full FilteringSucceed message); "
+        "default: stop at the first fitting node in score order (same choice, faster)",
+    )
     p.add_argument("--device-config-file", help="HAMi device-config.yaml")
     p.add_argument("--http-bind", "--http_bind", default="127.0.0.1:8080", help="host:port")
     p.add_argument("--cert-file", default="", help="TLS certificate (enables HTTPS)")
@@ -130,6 +137,7 @@ def settings_from_args(args: argparse.Namespace) -> config.Settings:
         ("node_lock_timeout", "node_lock_timeout_seconds"),
         ("node_lock_retry_timeout", "node_lock_wait_seconds"),
         ("force_overwrite_default_scheduler", "force_overwrite_default_scheduler"),
+        ("exhaustive_filter", "exhaustive_filter"),
     ):
         value = getattr(args, flag, None)
         if value is not None:

@@ -105,7 +105,7 @@ def _plain_generic(v: vendor.DeviceVendor) -> bool:
     cls, base = type(v), generic.SharedDeviceVendor
     return all(
         getattr(cls, name) is getattr(base, name)
-        for name in ("fit", "numa_bind", "_type_ok", "_uuid_ok", "_quota_ok")
+        for name in ("fit", "numa_bind", "_pod_filters", "_quota_ok")
     )
 
 
@@ -505,9 +505,16 @@ def filter_pod(
         # a heap, not a sort: usually only the first few nodes are tried
         heap = [(sign * e.score, name) for name, e in by_name.items()]
         heapq.heapify(heap)
+        # a node without any UUID of a plain vendor's allow list cannot fit: it is judged (for
+        # its exact reasons) only if no node fits at all
+        pinned = [vp.uuid_allow for vp in plan.vendors.values() if vp.uuid_allow is not None]
+        hopeless: list[str] = []
         while heap:
             name = heapq.heappop(heap)[1]
             entry = by_name[name]
+            if pinned and any(not (allow & entry.ids) for allow in pinned):
+                hopeless.append(name)
+                continue
             result = judge(entry)
             if not isinstance(result, str):
                 return FilterDecision(
@@ -519,6 +526,18 @@ def filter_pod(
                     gpu_policy=gpu_pol,
                 )
             failed[name] = result
+        for name in hopeless:
+            outcome = judge(by_name[name])
+            if not isinstance(outcome, str):  # never expected; fitting wins over the shortcut
+                return FilterDecision(
+                    node=name,
+                    devices=_unpack(outcome[1]),
+                    failed=failed,
+                    scores={name: by_name[name].score},
+                    node_policy=node_pol,
+                    gpu_policy=gpu_pol,
+                )
+            failed[name] = outcome
         return FilterDecision(node=None, failed=failed, node_policy=node_pol, gpu_policy=gpu_pol)
 
     fitting: dict[str, _Packed] = {}

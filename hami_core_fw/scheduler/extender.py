@@ -237,6 +237,7 @@ class Extender:
             names,
             node_policy=self.settings.node_scheduler_policy,
             gpu_policy=self.settings.gpu_scheduler_policy,
+            exhaustive=self.settings.exhaustive_filter,
         )
         if decision.not_ours:
             return filter_result(node_names=names)

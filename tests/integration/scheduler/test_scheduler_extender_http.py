@@ -127,12 +127,18 @@ def run(fn: Callable[[], Awaitable[None]]) -> None:
     asyncio.run(asyncio.wait_for(fn(), timeout=30))
 
 
-def test_recorded_request_answers_with_pascal_case_keys(plugin_host: plugins.PluginHost) -> None:
+@pytest.mark.parametrize("exhaustive", [True, False], ids=["exhaustive", "first-fit"])
+def test_recorded_request_answers_with_pascal_case_keys(
+    plugin_host: plugins.PluginHost, exhaustive: bool
+) -> None:
     recorded = json.loads((FIXTURES / "filter_request_recorded.json").read_text())
+    settings = config.Settings(scheduler=config.SchedulerSettings(exhaustive_filter=exhaustive))
 
     async def main() -> None:
         async with serving(
-            plugin_host, nodes=[node_view("gpu-a"), node_view("gpu-b", mem=1024)]
+            plugin_host,
+            nodes=[node_view("gpu-a"), node_view("gpu-b", mem=1024)],
+            settings=settings,
         ) as c:
             # as recorded: NVIDIA resources, which no vendor of this host manages -> not ours,
             # the candidates come back unchanged
@@ -153,7 +159,10 @@ def test_recorded_request_answers_with_pascal_case_keys(plugin_host: plugins.Plu
             assert status == 200
             assert answer["Error"] == ""
             assert answer["NodeNames"] == ["gpu-a"]
-            assert answer["FailedNodes"] == {"gpu-b": "2/2 CardInsufficientMemory"}
+            # first-fit tries gpu-a first (binpack: equal scores, then the name) and stops there:
+            # gpu-b was never tried, so it is in neither list (kube-scheduler drops it)
+            expected = {"gpu-b": "2/2 CardInsufficientMemory"} if exhaustive else {}
+            assert answer["FailedNodes"] == expected
             assert answer["FailedAndUnresolvableNodes"] == {"gpu-gone": "node unregistered"}
             uid = recorded["Pod"]["metadata"]["uid"]
             reservation = c.process.cluster.reservations[uid]
