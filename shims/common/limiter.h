@@ -13,7 +13,7 @@
 #include <stdint.h>
 
 #define HAMI_CTL_GAIN 0.5
-#define HAMI_CTL_MIN_RATE 1e-4
+#define HAMI_CTL_MIN_RATE 1e-9
 #define HAMI_CTL_MAX_RATE 1e4
 #define HAMI_CTL_TOKENS_PER_SLOT_S 1.0e5 /* tokens per (SM thread slot x second) at rate 1 */
 

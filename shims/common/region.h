@@ -92,7 +92,8 @@ struct hami_ext_dev {
     _Atomic uint64_t util_x100;      /* last measured utilisation x 100 */
     _Atomic uint32_t flags;
     uint32_t pad0;
-    uint64_t pad[2];
+    _Atomic uint64_t util_seen_us; /* NVML timestamp of the newest utilisation sample used */
+    _Atomic int64_t tokens_after;  /* bucket level right after the latest refill */
 };
 
 struct hami_ext_slot {
@@ -147,6 +148,8 @@ _Static_assert(offsetof(struct hami_ext_dev, tokens) == 72, "ext.dev.tokens");
 _Static_assert(offsetof(struct hami_ext_dev, rate_bits) == 88, "ext.dev.rate_bits");
 _Static_assert(offsetof(struct hami_ext_dev, util_x100) == 96, "ext.dev.util_x100");
 _Static_assert(offsetof(struct hami_ext_dev, flags) == 104, "ext.dev.flags");
+_Static_assert(offsetof(struct hami_ext_dev, util_seen_us) == 112, "ext.dev.util_seen_us");
+_Static_assert(offsetof(struct hami_ext_dev, tokens_after) == 120, "ext.dev.tokens_after");
 _Static_assert(offsetof(struct hami_ext, slot) == 2176, "ext.slot");
 _Static_assert(sizeof(struct hami_ext) == 2176 + 16 * HAMI_MAX_PROCS, "ext size");
 

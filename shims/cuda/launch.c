@@ -11,6 +11,9 @@
 #include <signal.h>
 #include <string.h>
 
+#include <stdlib.h>
+
+#include "alloc_map.h"
 #include "limiter.h"
 #include "shim.h"
 
@@ -23,11 +26,13 @@ static void sleep_ns(long ns)
     nanosleep(&ts, NULL);
 }
 
-static inline void before_launch(CUstream stream, uint64_t cost)
+/* Heartbeat and priority block; returns whether a compute limit may apply (then the caller
+ * computes the launch's cost and calls hami_throttle). */
+static inline int before_launch(void)
 {
     struct hami_region_v1 *v1 = atomic_load_explicit(&hami_g.v1, memory_order_acquire);
     if (UNLIKELY(!v1))
-        return;
+        return 0;
     int rk = atomic_load_explicit(&v1->recent_kernel, memory_order_relaxed);
     if (UNLIKELY(rk != 2)) {
         while (rk < 0) { /* blocked by the monitor for a higher-priority container */
@@ -42,8 +47,7 @@ static inline void before_launch(CUstream stream, uint64_t cost)
         atomic_store_explicit(&hami_g.last_kernel_s, now, memory_order_relaxed);
         atomic_store_explicit(&v1->last_kernel_time, now, memory_order_relaxed);
     }
-    if (UNLIKELY(atomic_load_explicit(&hami_g.limiter_any, memory_order_relaxed)))
-        hami_throttle(stream, cost);
+    return UNLIKELY(atomic_load_explicit(&hami_g.limiter_any, memory_order_relaxed));
 }
 
 /* ------------------------------------------------------------------ throttling */
@@ -88,15 +92,138 @@ struct dev_info {
     int ordinal; /* -1: not visible to this process */
     int sms, threads_per_sm;
     nvmlDevice_t nv;
+    int api; /* per-process utilisation API: 2 = ProcessesUtilizationInfo, 1 = ProcessUtilization,
+                0 = device-wide utilisation only */
+    int silent_ticks; /* consecutive ticks with launches but no per-process sample */
 };
 
-static double measure(struct dev_info *di)
+/* ------------------------------------------------------------------ measurement */
+
+#define MAX_SAMPLES 64
+#define PIDTAB 4096 /* > 2 x HAMI_MAX_PROCS: open addressing stays short */
+
+/* The container's processes, by the PID NVML reports: hostpid when the node monitor filled it,
+ * else the slot's pid (same PID namespace, or a container-level attribution, contract 7.1).
+ * Built once per tick in O(proc_num); used only by the watcher thread. */
+static struct {
+    int32_t key[PIDTAB];
+    int16_t slot[PIDTAB];
+} pidtab;
+
+static void pidtab_build(void)
 {
-    nvmlUtilization_t u;
-    if (!di->nv || !hami_real_nv.nvmlDeviceGetUtilizationRates ||
-        hami_real_nv.nvmlDeviceGetUtilizationRates(di->nv, &u) != NVML_SUCCESS)
+    memset(pidtab.key, 0, sizeof(pidtab.key));
+    struct hami_region_v1 *v1 = hami_g.sh.v1;
+    int n = atomic_load(&v1->proc_num);
+    for (int i = 0; i < n && i < HAMI_MAX_PROCS; i++) {
+        if (!atomic_load_explicit(&v1->procs[i].status, memory_order_relaxed))
+            continue;
+        int32_t pid = atomic_load_explicit(&v1->procs[i].hostpid, memory_order_relaxed);
+        if (!pid)
+            pid = atomic_load_explicit(&v1->procs[i].pid, memory_order_relaxed);
+        if (pid <= 0)
+            continue;
+        uint32_t h = ((uint32_t)pid * 2654435761u) % PIDTAB;
+        while (pidtab.key[h] && pidtab.key[h] != pid)
+            h = (h + 1) % PIDTAB;
+        pidtab.key[h] = pid;
+        pidtab.slot[h] = (int16_t)i;
+    }
+}
+
+static int pidtab_slot(uint32_t pid)
+{
+    if (!pid || pid > INT32_MAX)
         return -1;
-    return (double)u.gpu;
+    uint32_t h = (pid * 2654435761u) % PIDTAB;
+    while (pidtab.key[h]) {
+        if (pidtab.key[h] == (int32_t)pid)
+            return pidtab.slot[h];
+        h = (h + 1) % PIDTAB;
+    }
+    return -1;
+}
+
+/* Utilisation (percent) of the container's processes on a device since the last sample used,
+ * from NVML's per-process samples (the newer API first, then the older one; shim-contract.md 8),
+ * averaged per process and summed over the container's processes, whose slots get their sm_util.
+ * Returns -1 when there is no new sample. Without per-process data: device-wide utilisation. */
+static double measure(int pos, struct dev_info *di, int launched)
+{
+    if (!di->nv)
+        return -1;
+    struct hami_ext_dev *ed = &hami_g.sh.ext->dev[pos];
+    unsigned long long seen = atomic_load(&ed->util_seen_us), newest = seen;
+    unsigned pid[MAX_SAMPLES], util[MAX_SAMPLES], n = 0;
+    nvmlReturn_t r = NVML_ERROR_NOT_SUPPORTED;
+    if (di->api == 2) {
+        nvmlProcessUtilizationInfo_v1_t a[MAX_SAMPLES];
+        nvmlProcessesUtilizationInfo_t info = {.version = nvmlProcessesUtilizationInfo_v1,
+                                               .processSamplesCount = MAX_SAMPLES,
+                                               .lastSeenTimeStamp = seen,
+                                               .procUtilArray = a};
+        r = hami_real_nv.nvmlDeviceGetProcessesUtilizationInfo(di->nv, &info);
+        for (unsigned i = 0; r == NVML_SUCCESS && i < info.processSamplesCount && i < MAX_SAMPLES; i++) {
+            pid[n] = a[i].pid;
+            util[n++] = a[i].smUtil;
+            newest = a[i].timeStamp > newest ? a[i].timeStamp : newest;
+        }
+        if (r != NVML_SUCCESS && r != NVML_ERROR_NOT_FOUND && r != NVML_ERROR_INSUFFICIENT_SIZE)
+            di->api = hami_real_nv.nvmlDeviceGetProcessUtilization ? 1 : 0;
+    }
+    if (di->api == 1) {
+        nvmlProcessUtilizationSample_t a[MAX_SAMPLES];
+        unsigned cnt = MAX_SAMPLES;
+        r = hami_real_nv.nvmlDeviceGetProcessUtilization(di->nv, a, &cnt, seen);
+        for (unsigned i = 0; r == NVML_SUCCESS && i < cnt && i < MAX_SAMPLES; i++) {
+            pid[n] = a[i].pid;
+            util[n++] = a[i].smUtil;
+            newest = a[i].timeStamp > newest ? a[i].timeStamp : newest;
+        }
+        if (r != NVML_SUCCESS && r != NVML_ERROR_NOT_FOUND && r != NVML_ERROR_INSUFFICIENT_SIZE)
+            di->api = 0;
+    }
+    if (di->api == 0) {
+        nvmlUtilization_t u;
+        if (!hami_real_nv.nvmlDeviceGetUtilizationRates ||
+            hami_real_nv.nvmlDeviceGetUtilizationRates(di->nv, &u) != NVML_SUCCESS)
+            return -1;
+        return (double)u.gpu;
+    }
+    if (r != NVML_SUCCESS || n == 0) {
+        /* No sample newer than the last one used. A second of launches without any means the
+         * per-process API delivers nothing here (Blackwell's older API, HAMi-core PR #218). */
+        if (launched && ++di->silent_ticks >= 10) {
+            LOG_INFO("device %d: NVML reports no per-process utilisation; the compute limiter "
+                     "uses device-wide utilisation", pos);
+            di->api = 0;
+        }
+        return -1;
+    }
+    di->silent_ticks = 0;
+    atomic_store(&ed->util_seen_us, newest);
+    /* several samples of one process: their average; then the sum over the container */
+    double total = 0;
+    for (unsigned i = 0; i < n; i++) {
+        if (pid[i] == 0)
+            continue;
+        unsigned long long sum = util[i];
+        unsigned k = 1;
+        for (unsigned j = i + 1; j < n; j++)
+            if (pid[j] == pid[i]) {
+                sum += util[j];
+                k++;
+                pid[j] = 0;
+            }
+        int slot = pidtab_slot(pid[i]);
+        if (slot < 0)
+            continue; /* another container's process */
+        double avg = (double)sum / k;
+        total += avg;
+        atomic_store_explicit(&hami_g.sh.v1->procs[slot].device_util[pos].sm_util,
+                              (uint64_t)(avg + 0.5), memory_order_relaxed);
+    }
+    return total > 100 ? 100 : total;
 }
 
 static void tick_device(int pos, struct dev_info *di)
@@ -113,10 +240,19 @@ static void tick_device(int pos, struct dev_info *di)
     memcpy(&rate, &bits, sizeof(rate));
     if (!(rate > 0))
         rate = 1.0;
-    double util = measure(di);
     int64_t tokens = atomic_load(&ed->tokens);
+    int64_t used = atomic_load(&ed->tokens_after) - tokens;
+    double util = measure(pos, di, used > 0);
     if (util >= 0) {
-        rate = hami_ctl_step(rate, (double)hami_g.sh.v1->sm_limit[pos], util, tokens <= 0);
+        /* Anti-windup: when the launches did not use all the tokens of the last tick (the device,
+         * or the application, was the bottleneck), the measured utilisation belongs to the rate
+         * actually consumed, not to the configured one: step from that. */
+        double target = (double)hami_g.sh.v1->sm_limit[pos], base = rate;
+        int64_t per_rate = hami_ctl_refill(1.0, di->sms, di->threads_per_sm, dt);
+        if (util > target && tokens > 0 && used > 0 && per_rate > 0 &&
+            (double)used / (double)per_rate < rate)
+            base = (double)used / (double)per_rate;
+        rate = hami_ctl_step(base, target, util, tokens <= 0);
         atomic_store(&ed->util_x100, (uint64_t)(util * 100));
     }
     memcpy(&bits, &rate, sizeof(bits));
@@ -127,6 +263,7 @@ static void tick_device(int pos, struct dev_info *di)
     do {
         next = cur + add > cap ? cap : cur + add;
     } while (!atomic_compare_exchange_weak(&ed->tokens, &cur, next));
+    atomic_store(&ed->tokens_after, next);
 }
 
 static void setup_devices(struct dev_info *info)
@@ -150,6 +287,9 @@ static void setup_devices(struct dev_info *info)
         if (nv && hami_real_nv.nvmlDeviceGetHandleByUUID &&
             hami_real_nv.nvmlDeviceGetHandleByUUID(hami_g.sh.v1->uuids[pos], &di->nv) != NVML_SUCCESS)
             di->nv = NULL;
+        di->api = hami_real_nv.nvmlDeviceGetProcessesUtilizationInfo ? 2
+                  : hami_real_nv.nvmlDeviceGetProcessUtilization      ? 1
+                                                                      : 0;
     }
 }
 
@@ -163,7 +303,7 @@ static void *watcher(void *arg)
     (void)arg;
     struct dev_info info[HAMI_MAX_DEVICES];
     for (int i = 0; i < HAMI_MAX_DEVICES; i++)
-        info[i] = (struct dev_info){-1, 0, 0, NULL};
+        info[i] = (struct dev_info){-1, 0, 0, NULL, 0, 0};
     int have_devices = 0;
     int32_t me = hami_g.pid;
     while (hami_g.pid == me) {
@@ -173,6 +313,7 @@ static void *watcher(void *arg)
                 setup_devices(info);
                 have_devices = 1;
             }
+            pidtab_build();
             for (int pos = 0; pos < HAMI_MAX_DEVICES; pos++)
                 if (info[pos].ordinal >= 0 && device_limited(pos))
                     tick_device(pos, &info[pos]);
@@ -217,8 +358,8 @@ void hami_watcher_start(void)
         hami_init();                                                                           \
         if (UNLIKELY(!hami_real.name))                                                         \
             return CUDA_ERROR_NOT_SUPPORTED;                                                   \
-        if (LIKELY(!hami_g.disabled))                                                          \
-            before_launch(s, GRID(gx, gy, gz, bx, by, bz));                                    \
+        if (LIKELY(!hami_g.disabled) && before_launch())                                       \
+            hami_throttle(s, GRID(gx, gy, gz, bx, by, bz));                                    \
         return hami_real.name(f, gx, gy, gz, bx, by, bz, shm, s, params, extra);               \
     }
 
@@ -233,8 +374,8 @@ LAUNCH_WRAPPER(cuLaunchKernel_ptsz)
         hami_init();                                                                           \
         if (UNLIKELY(!hami_real.name))                                                         \
             return CUDA_ERROR_NOT_SUPPORTED;                                                   \
-        if (LIKELY(!hami_g.disabled))                                                          \
-            before_launch(s, GRID(gx, gy, gz, bx, by, bz));                                    \
+        if (LIKELY(!hami_g.disabled) && before_launch())                                       \
+            hami_throttle(s, GRID(gx, gy, gz, bx, by, bz));                                    \
         return hami_real.name(f, gx, gy, gz, bx, by, bz, shm, s, params);                      \
     }
 
@@ -247,8 +388,8 @@ COOP_WRAPPER(cuLaunchCooperativeKernel_ptsz)
         hami_init();                                                                            \
         if (UNLIKELY(!hami_real.name))                                                          \
             return CUDA_ERROR_NOT_SUPPORTED;                                                    \
-        if (LIKELY(!hami_g.disabled) && c)                                                      \
-            before_launch(c->hStream, GRID(c->gridDimX, c->gridDimY, c->gridDimZ, c->blockDimX, \
+        if (LIKELY(!hami_g.disabled) && before_launch() && c)                                   \
+            hami_throttle(c->hStream, GRID(c->gridDimX, c->gridDimY, c->gridDimZ, c->blockDimX, \
                                            c->blockDimY, c->blockDimZ));                        \
         return hami_real.name(c, f, params, extra);                                             \
     }
@@ -256,17 +397,105 @@ COOP_WRAPPER(cuLaunchCooperativeKernel_ptsz)
 EX_WRAPPER(cuLaunchKernelEx)
 EX_WRAPPER(cuLaunchKernelEx_ptsz)
 
-/* Graph launches are gated by the same bucket (HAMi#1445): a launch waits while the bucket is empty.
- * Their cost is one token for now; costing a graph by its kernel nodes (walked at instantiate) is
- * not implemented yet. */
+/* ------------------------------------------------------------------ graphs */
+
+/* Kernel work of a graph: blocks x threads summed over its kernel nodes, child graphs included. */
+static uint64_t graph_work(CUgraph g, int depth)
+{
+    size_t n = 0;
+    if (!g || depth > 8 || hami_real.cuGraphGetNodes(g, NULL, &n) != CUDA_SUCCESS || n == 0)
+        return 0;
+    CUgraphNode *nodes = calloc(n, sizeof(*nodes));
+    if (!nodes)
+        return 0;
+    uint64_t work = 0;
+    if (hami_real.cuGraphGetNodes(g, nodes, &n) == CUDA_SUCCESS) {
+        for (size_t i = 0; i < n; i++) {
+            CUgraphNodeType t;
+            if (!nodes[i] || hami_real.cuGraphNodeGetType(nodes[i], &t) != CUDA_SUCCESS)
+                continue;
+            CUDA_KERNEL_NODE_PARAMS p;
+            CUgraph child;
+            if (t == CU_GRAPH_NODE_TYPE_KERNEL &&
+                hami_real.cuGraphKernelNodeGetParams_v2(nodes[i], &p) == CUDA_SUCCESS)
+                work += GRID(p.gridDimX, p.gridDimY, p.gridDimZ, p.blockDimX, p.blockDimY,
+                             p.blockDimZ);
+            else if (t == CU_GRAPH_NODE_TYPE_GRAPH && hami_real.cuGraphChildGraphNodeGetGraph &&
+                     hami_real.cuGraphChildGraphNodeGetGraph(nodes[i], &child) == CUDA_SUCCESS)
+                work += graph_work(child, depth + 1);
+        }
+    }
+    free(nodes);
+    return work;
+}
+
+/* After a successful instantiation under a compute limit: remember the executable graph's cost. */
+static CUresult graph_instantiated(CUresult r, CUgraphExec *e, CUgraph g)
+{
+    if (r != CUDA_SUCCESS || !e || !*e || hami_g.disabled || !hami_attached() ||
+        !atomic_load(&hami_g.limiter_any) || !hami_real.cuGraphGetNodes ||
+        !hami_real.cuGraphNodeGetType || !hami_real.cuGraphKernelNodeGetParams_v2)
+        return r;
+    uint64_t work = graph_work(g, 0);
+    if (work)
+        hami_map_put(HAMI_K_GRAPH, (uint64_t)(uintptr_t)*e, 0, work, NULL);
+    return r;
+}
+
+HAMI_SHIM_API CUresult cuGraphInstantiateWithFlags(CUgraphExec *e, CUgraph g, unsigned long long flags)
+{
+    hami_init();
+    if (UNLIKELY(!hami_real.cuGraphInstantiateWithFlags))
+        return CUDA_ERROR_NOT_SUPPORTED;
+    return graph_instantiated(hami_real.cuGraphInstantiateWithFlags(e, g, flags), e, g);
+}
+
+HAMI_SHIM_API CUresult cuGraphInstantiateWithParams(CUgraphExec *e, CUgraph g,
+                                                    CUDA_GRAPH_INSTANTIATE_PARAMS *p)
+{
+    hami_init();
+    if (UNLIKELY(!hami_real.cuGraphInstantiateWithParams))
+        return CUDA_ERROR_NOT_SUPPORTED;
+    return graph_instantiated(hami_real.cuGraphInstantiateWithParams(e, g, p), e, g);
+}
+
+HAMI_SHIM_API CUresult cuGraphInstantiateWithParams_ptsz(CUgraphExec *e, CUgraph g,
+                                                         CUDA_GRAPH_INSTANTIATE_PARAMS *p)
+{
+    hami_init();
+    if (UNLIKELY(!hami_real.cuGraphInstantiateWithParams_ptsz))
+        return CUDA_ERROR_NOT_SUPPORTED;
+    return graph_instantiated(hami_real.cuGraphInstantiateWithParams_ptsz(e, g, p), e, g);
+}
+
+HAMI_SHIM_API CUresult cuGraphExecDestroy(CUgraphExec e)
+{
+    hami_init();
+    if (UNLIKELY(!hami_real.cuGraphExecDestroy))
+        return CUDA_ERROR_NOT_SUPPORTED;
+    struct hami_entry ent;
+    if (e && !hami_g.disabled)
+        hami_map_take(HAMI_K_GRAPH, (uint64_t)(uintptr_t)e, &ent);
+    return hami_real.cuGraphExecDestroy(e);
+}
+
+/* Graph launches are gated by the same bucket (HAMi#1445) and cost the kernel work recorded at
+ * instantiation (one token for a graph instantiated without a compute limit or with no kernels
+ * the driver describes; graph updates after instantiation are not re-costed). */
+static uint64_t graph_cost(CUgraphExec g)
+{
+    struct hami_entry e;
+    return hami_map_get(HAMI_K_GRAPH, (uint64_t)(uintptr_t)g, &e) ? e.size : 1;
+}
+
 #define GRAPH_WRAPPER(name)                                                       \
     HAMI_SHIM_API CUresult name(CUgraphExec g, CUstream s)                        \
     {                                                                             \
         hami_init();                                                              \
         if (UNLIKELY(!hami_real.name))                                            \
             return CUDA_ERROR_NOT_SUPPORTED;                                      \
-        if (LIKELY(!hami_g.disabled))                                             \
-            before_launch(s, 1);                                                  \
+        if (LIKELY(!hami_g.disabled) && before_launch())                          \
+            hami_throttle(s, graph_cost(g));                                      \
         return hami_real.name(g, s);                                              \
     }
 

@@ -28,7 +28,11 @@ static void nv_resolve(void)
     for (size_t i = 0; i < sizeof(nv_syms) / sizeof(nv_syms[0]); i++) {
         /* the C library's dlsym: ours would hand back our own wrappers for this handle */
         *nv_syms[i].slot = hami_dlsym_real(lib, nv_syms[i].name);
-        if (!*nv_syms[i].slot)
+        /* the per-process utilisation APIs are optional: the limiter falls back (launch.c) */
+        if (!*nv_syms[i].slot && strstr(nv_syms[i].name, "Utilization"))
+            LOG_INFO("libnvidia-ml.so.1 has no %s; the compute limiter uses a fallback",
+                     nv_syms[i].name);
+        else if (!*nv_syms[i].slot)
             LOG_WARN("libnvidia-ml.so.1 has no %s; the features using it are disabled",
                      nv_syms[i].name);
     }

@@ -216,6 +216,12 @@ static void parse_line(struct fake_config *cfg, char *line, int xids_only)
         cfg->backing_none = !strcmp(v, "none");
     else if (!strcmp(k, "process_util_samples"))
         cfg->old_util_api_empty = !strcmp(v, "none");
+    else if (!strcmp(k, "processes_util_info"))
+        cfg->new_util_api_missing = !strcmp(v, "unsupported");
+    else if (!strcmp(k, "thread_ns"))
+        cfg->thread_ns = strtod(v, NULL);
+    else if (!strcmp(k, "launch_queue_us"))
+        cfg->launch_queue_ns = strtoull(v, NULL, 10) * 1000;
     else
         bad(copy);
 }
@@ -262,6 +268,8 @@ void fakecfg_load(struct fake_config *cfg)
     cfg->granularity = 2ull << 20;
     cfg->context_bytes = 0;
     cfg->fail_alloc_after = -1;
+    cfg->thread_ns = 1.0;
+    cfg->launch_queue_ns = 1000000;
     const char *env = getenv("HAMI_FAKE_GPU_CONFIG");
     char *text = NULL;
     if (env && *env) {

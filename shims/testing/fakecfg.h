@@ -43,6 +43,9 @@ struct fake_config {
     long fail_alloc_after;     /* fail the Nth allocation (1-based), -1 = never */
     int backing_none;          /* backing = none: device addresses without host memory */
     int old_util_api_empty;    /* process_util_samples = none (Blackwell behaviour) */
+    int new_util_api_missing;  /* processes_util_info = unsupported (pre-R550 drivers) */
+    double thread_ns;          /* virtual clock: device ns of one thread of one block (/ SMs) */
+    uint64_t launch_queue_ns;  /* a launch blocks while more device time than this is queued */
     int nxid;
     struct fake_xid xid[FAKE_MAX_XIDS];
     char path[512];            /* file the table came from ("" when inline or default) */

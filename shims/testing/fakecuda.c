@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "fakecfg.h"
 
@@ -74,6 +75,9 @@ struct devstate {
     _Atomic uint64_t external;
     atomic_ulong contexts;
     _Atomic uint64_t busy_ns;
+    pthread_mutex_t clock_mu; /* the virtual clock: work runs back to back in launch order */
+    uint64_t enqueued_ns;     /* device time of every launch so far */
+    uint64_t busy_until;      /* CLOCK_MONOTONIC ns at which the queued work is done */
     pthread_mutex_t mu;
     int primary_refs;
     struct CUctx_st primary;
@@ -120,6 +124,7 @@ static void load_config(void)
     }
     for (int i = 0; i < FAKE_MAX_DEVICES; i++) {
         pthread_mutex_init(&devs[i].mu, NULL);
+        pthread_mutex_init(&devs[i].clock_mu, NULL);
         devs[i].primary.dev = i;
         devs[i].primary.primary = 1;
         devs[i].default_pool.dev = i;
@@ -1457,7 +1462,26 @@ API CUresult cuStreamSynchronize(CUstream s)
 
 /* ---------------------------------------------------------------- launches and graphs */
 
-/* Virtual GPU clock: a launch keeps the device busy for blocks * threads * 1 ns / SM count. */
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* Device time executed on ordinal `d` up to now: what was queued minus what is still queued. */
+static void clock_read(int d, uint64_t *done, uint64_t *now)
+{
+    pthread_mutex_lock(&devs[d].clock_mu);
+    uint64_t t = mono_ns(), q = devs[d].busy_until > t ? devs[d].busy_until - t : 0;
+    *done = devs[d].enqueued_ns - q;
+    *now = t;
+    pthread_mutex_unlock(&devs[d].clock_mu);
+}
+
+/* Virtual GPU clock: a launch keeps the device busy for blocks x threads x thread_ns / SM count,
+ * after the work queued before it. Like a real launch queue, the call blocks while more than
+ * launch_queue_us of work is pending, so an unthrottled loop runs the device at 100 %. */
 static CUresult launch(CUstream s, uint64_t blocks, uint64_t threads, CUfunction f)
 {
     NEED_INIT();
@@ -1468,8 +1492,20 @@ static CUresult launch(CUstream s, uint64_t blocks, uint64_t threads, CUfunction
     if (r != CUDA_SUCCESS)
         return r;
     int sms = tdev(d)->sms > 0 ? tdev(d)->sms : 1;
-    atomic_fetch_add_explicit(&devs[d].busy_ns, blocks * threads / (uint64_t)sms,
-                              memory_order_relaxed);
+    uint64_t cost = (uint64_t)((double)blocks * (double)threads * cfg.thread_ns / sms);
+    atomic_fetch_add_explicit(&devs[d].busy_ns, cost, memory_order_relaxed);
+    pthread_mutex_lock(&devs[d].clock_mu);
+    uint64_t now = mono_ns();
+    uint64_t start = devs[d].busy_until > now ? devs[d].busy_until : now;
+    devs[d].busy_until = start + cost;
+    devs[d].enqueued_ns += cost;
+    uint64_t backlog = devs[d].busy_until - now;
+    pthread_mutex_unlock(&devs[d].clock_mu);
+    if (backlog > cfg.launch_queue_ns) {
+        uint64_t wait = backlog - cfg.launch_queue_ns;
+        struct timespec ts = {(time_t)(wait / 1000000000ull), (long)(wait % 1000000000ull)};
+        nanosleep(&ts, NULL);
+    }
     return CUDA_SUCCESS;
 }
 
@@ -1527,16 +1563,18 @@ API CUresult cuLaunchKernelEx_ptsz(const CUlaunchConfig *c, CUfunction f, void *
     return launch_ex(c, f);
 }
 
+#define GRAPH_MAX_NODES 64
+struct CUgraphNode_st {
+    CUgraphNodeType type;
+    CUDA_KERNEL_NODE_PARAMS kp;
+};
 struct CUgraph_st {
-    uint64_t work; /* sum over kernel nodes of blocks * threads */
+    int n;
+    struct CUgraphNode_st nodes[GRAPH_MAX_NODES];
 };
 struct CUgraphExec_st {
-    uint64_t work;
+    uint64_t work; /* sum over kernel nodes of blocks * threads */
 };
-struct CUgraphNode_st {
-    int unused;
-};
-static struct CUgraphNode_st a_node;
 
 API CUresult cuGraphCreate(CUgraph *g, unsigned int flags)
 {
@@ -1553,24 +1591,87 @@ API CUresult cuGraphAddKernelNode_v2(CUgraphNode *node, CUgraph g, const CUgraph
     RECORD(cuGraphAddKernelNode_v2);
     NEED_INIT();
     (void)deps, (void)ndeps;
-    if (!g || !p)
+    if (!g || !p || !node)
         return CUDA_ERROR_INVALID_VALUE;
-    g->work += (uint64_t)p->gridDimX * p->gridDimY * p->gridDimZ * p->blockDimX * p->blockDimY *
-               p->blockDimZ;
-    *node = &a_node;
+    if (g->n >= GRAPH_MAX_NODES)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    struct CUgraphNode_st *nd = &g->nodes[g->n++];
+    nd->type = CU_GRAPH_NODE_TYPE_KERNEL;
+    nd->kp = *p;
+    *node = nd;
+    return CUDA_SUCCESS;
+}
+
+API CUresult cuGraphGetNodes(CUgraph g, CUgraphNode *nodes, size_t *num)
+{
+    RECORD(cuGraphGetNodes);
+    NEED_INIT();
+    if (!g || !num)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (nodes) {
+        for (size_t i = 0; i < *num; i++)
+            nodes[i] = i < (size_t)g->n ? &g->nodes[i] : NULL;
+    }
+    *num = (size_t)g->n;
+    return CUDA_SUCCESS;
+}
+
+API CUresult cuGraphNodeGetType(CUgraphNode node, CUgraphNodeType *type)
+{
+    RECORD(cuGraphNodeGetType);
+    NEED_INIT();
+    if (!node || !type)
+        return CUDA_ERROR_INVALID_VALUE;
+    *type = node->type;
+    return CUDA_SUCCESS;
+}
+
+API CUresult cuGraphKernelNodeGetParams_v2(CUgraphNode node, CUDA_KERNEL_NODE_PARAMS *p)
+{
+    RECORD(cuGraphKernelNodeGetParams_v2);
+    NEED_INIT();
+    if (!node || !p || node->type != CU_GRAPH_NODE_TYPE_KERNEL)
+        return CUDA_ERROR_INVALID_VALUE;
+    *p = node->kp;
+    return CUDA_SUCCESS;
+}
+
+static CUresult instantiate(CUgraphExec *e, CUgraph g)
+{
+    NEED_INIT();
+    if (!g || !e)
+        return CUDA_ERROR_INVALID_VALUE;
+    *e = malloc(sizeof(**e));
+    (*e)->work = 0;
+    for (int i = 0; i < g->n; i++) {
+        const CUDA_KERNEL_NODE_PARAMS *p = &g->nodes[i].kp;
+        (*e)->work += (uint64_t)p->gridDimX * p->gridDimY * p->gridDimZ * p->blockDimX *
+                      p->blockDimY * p->blockDimZ;
+    }
     return CUDA_SUCCESS;
 }
 
 API CUresult cuGraphInstantiateWithFlags(CUgraphExec *e, CUgraph g, unsigned long long flags)
 {
     RECORD(cuGraphInstantiateWithFlags);
-    NEED_INIT();
     (void)flags;
-    if (!g)
-        return CUDA_ERROR_INVALID_VALUE;
-    *e = malloc(sizeof(**e));
-    (*e)->work = g->work;
-    return CUDA_SUCCESS;
+    return instantiate(e, g);
+}
+
+API CUresult cuGraphInstantiateWithParams(CUgraphExec *e, CUgraph g,
+                                          CUDA_GRAPH_INSTANTIATE_PARAMS *params)
+{
+    RECORD(cuGraphInstantiateWithParams);
+    (void)params;
+    return instantiate(e, g);
+}
+
+API CUresult cuGraphInstantiateWithParams_ptsz(CUgraphExec *e, CUgraph g,
+                                               CUDA_GRAPH_INSTANTIATE_PARAMS *params)
+{
+    RECORD(cuGraphInstantiateWithParams_ptsz);
+    (void)params;
+    return instantiate(e, g);
 }
 
 static CUresult graph_launch(CUgraphExec e, CUstream s)
@@ -1645,7 +1746,9 @@ static const struct export exports[] = {
     X(cuMemPrefetchAsync_v2_ptsz) X(cuStreamCreate) X(cuStreamDestroy_v2) X(cuStreamSynchronize)
     X(cuLaunchKernel) X(cuLaunchKernel_ptsz) X(cuLaunchKernelEx) X(cuLaunchKernelEx_ptsz)
     X(cuLaunchCooperativeKernel) X(cuLaunchCooperativeKernel_ptsz) X(cuGraphCreate)
-    X(cuGraphAddKernelNode_v2) X(cuGraphInstantiateWithFlags) X(cuGraphLaunch)
+    X(cuGraphAddKernelNode_v2) X(cuGraphInstantiateWithFlags) X(cuGraphInstantiateWithParams)
+    X(cuGraphInstantiateWithParams_ptsz) X(cuGraphGetNodes) X(cuGraphNodeGetType)
+    X(cuGraphKernelNodeGetParams_v2) X(cuGraphLaunch)
     X(cuGraphLaunch_ptsz) X(cuGraphExecDestroy) X(cuGraphDestroy)
 };
 #undef X
@@ -1691,6 +1794,7 @@ static const struct versioned versions[] = {
     {"cuMemPrefetchAsync", 12020, "cuMemPrefetchAsync_v2"},
     {"cuGraphAddKernelNode", 12000, "cuGraphAddKernelNode_v2"},
     {"cuGraphInstantiate", 11040, "cuGraphInstantiateWithFlags"},
+    {"cuGraphKernelNodeGetParams", 12000, "cuGraphKernelNodeGetParams_v2"},
     {"cuGetProcAddress", 11030, "cuGetProcAddress"},
     {"cuGetProcAddress", 12000, "cuGetProcAddress_v2"},
     {"cuMemAllocAsync", 11020, "cuMemAllocAsync"},
@@ -1798,6 +1902,27 @@ API uint64_t fakegpu_busy_ns(int d)
 {
     ensure_config();
     return d >= 0 && d < cuda_count ? atomic_load(&devs[d].busy_ns) : 0;
+}
+
+API void fakegpu_clock(int d, uint64_t *done_ns, uint64_t *now_ns)
+{
+    ensure_config();
+    *done_ns = 0;
+    *now_ns = mono_ns();
+    if (d >= 0 && d < cuda_count)
+        clock_read(d, done_ns, now_ns);
+}
+
+/* The virtual clock of the device at `table_index` (for the stand-in NVML); 0 when this process
+ * never launched on it. */
+API void fakegpu_table_clock(int table_index, uint64_t *done_ns, uint64_t *now_ns)
+{
+    ensure_config();
+    *done_ns = 0;
+    *now_ns = mono_ns();
+    for (int d = 0; d < cuda_count; d++)
+        if (cuda_to_table[d] == table_index)
+            clock_read(d, done_ns, now_ns);
 }
 
 API unsigned long fakegpu_contexts(int d)

@@ -13,6 +13,10 @@ typedef uint64_t (*fakegpu_used_bytes_fn)(int dev);
 typedef void (*fakegpu_set_free_mib_fn)(int dev, uint64_t mib);
 /* Virtual busy time accumulated by launches on `dev`, in nanoseconds. */
 typedef uint64_t (*fakegpu_busy_ns_fn)(int dev);
+/* The virtual clock of `dev`: device time executed so far (launches run back to back, each for
+ * blocks x threads x thread_ns / SMs) and the CLOCK_MONOTONIC time of the reading, in ns. The
+ * utilisation over an interval is the difference of done_ns over the difference of now_ns. */
+typedef void (*fakegpu_clock_fn)(int dev, uint64_t *done_ns, uint64_t *now_ns);
 /* Contexts ever created on `dev` (primary or not) in this process. */
 typedef unsigned long (*fakegpu_contexts_fn)(int dev);
 

@@ -16,6 +16,7 @@
 #include <strings.h>
 #include <stdlib.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "fakecfg.h"
 
@@ -314,14 +315,152 @@ API nvmlReturn_t nvmlDeviceGetCudaComputeCapability(nvmlDevice_t h, int *major, 
     return NVML_SUCCESS;
 }
 
+/* ---------------------------------------------------------------- utilisation (virtual clock) */
+
+/* Utilisation comes from the stand-in CUDA driver's virtual clock in this process (so only this
+ * process's launches are seen): each query closes a sample covering the time since the previous
+ * query of the same kind (at least 1 ms), with util = executed device time / elapsed time. The
+ * last SAMPLES samples are kept, with CLOCK_MONOTONIC timestamps in microseconds. */
+#define SAMPLES 32
+
+struct sampler {
+    int have_prev;
+    uint64_t prev_done, prev_t;
+    unsigned n, head;
+    struct {
+        unsigned long long ts_us;
+        unsigned util;
+    } ring[SAMPLES];
+};
+
+static struct sampler proc_samplers[FAKE_MAX_DEVICES], rate_samplers[FAKE_MAX_DEVICES];
+
+static int read_clock(int index, uint64_t *done, uint64_t *now)
+{
+    typedef void (*clock_fn)(int, uint64_t *, uint64_t *);
+    clock_fn f = (clock_fn)(uintptr_t)dlsym(RTLD_DEFAULT, "fakegpu_table_clock");
+    if (!f)
+        return -1;
+    f(index, done, now);
+    return 0;
+}
+
+/* Closes a sample if at least 1 ms passed since the previous one; called with `mu` held. */
+static void sample(struct sampler *sp, int index)
+{
+    uint64_t done = 0, now = 0;
+    if (read_clock(index, &done, &now) != 0)
+        return;
+    if (sp->have_prev && now - sp->prev_t >= 1000000ull) {
+        uint64_t busy = done - sp->prev_done, span = now - sp->prev_t;
+        unsigned util = (unsigned)(busy >= span ? 100 : busy * 100 / span);
+        sp->ring[sp->head].ts_us = now / 1000;
+        sp->ring[sp->head].util = util;
+        sp->head = (sp->head + 1) % SAMPLES;
+        if (sp->n < SAMPLES)
+            sp->n++;
+    }
+    if (!sp->have_prev || now - sp->prev_t >= 1000000ull) {
+        sp->have_prev = 1;
+        sp->prev_done = done;
+        sp->prev_t = now;
+    }
+}
+
+/* The samples newer than `last_seen`, oldest first; returns their count. */
+static unsigned newer(const struct sampler *sp, unsigned long long last_seen,
+                      unsigned long long *ts, unsigned *util, unsigned max)
+{
+    unsigned k = 0;
+    for (unsigned i = 0; i < sp->n && k < max; i++) {
+        unsigned j = (sp->head + SAMPLES - sp->n + i) % SAMPLES;
+        if (sp->ring[j].ts_us > last_seen) {
+            ts[k] = sp->ring[j].ts_us;
+            util[k++] = sp->ring[j].util;
+        }
+    }
+    return k;
+}
+
+static unsigned int host_pid(void) { return (unsigned)(getpid() + cfg.host_pid_offset); }
+
 API nvmlReturn_t nvmlDeviceGetUtilizationRates(nvmlDevice_t h, nvmlUtilization_t *u)
 {
     NEED_INIT();
     CHECK_HANDLE(h);
     if (!u)
         return NVML_ERROR_INVALID_ARGUMENT;
-    u->gpu = 0;
+    pthread_mutex_lock(&mu);
+    struct sampler *sp = &rate_samplers[h->index];
+    sample(sp, h->index);
+    u->gpu = sp->n ? sp->ring[(sp->head + SAMPLES - 1) % SAMPLES].util : 0;
     u->memory = 0;
+    pthread_mutex_unlock(&mu);
+    return NVML_SUCCESS;
+}
+
+/* The older per-process API: one entry per sample of this process newer than lastSeen. With
+ * `process_util_samples = none` it finds nothing, as on Blackwell (HAMi-core PR #218). */
+API nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t h, nvmlProcessUtilizationSample_t *out,
+                                                 unsigned int *count, unsigned long long last_seen)
+{
+    NEED_INIT();
+    CHECK_HANDLE(h);
+    if (!count)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    if (cfg.old_util_api_empty)
+        return NVML_ERROR_NOT_FOUND;
+    unsigned long long ts[SAMPLES];
+    unsigned util[SAMPLES];
+    pthread_mutex_lock(&mu);
+    sample(&proc_samplers[h->index], h->index);
+    unsigned k = newer(&proc_samplers[h->index], last_seen, ts, util, SAMPLES);
+    pthread_mutex_unlock(&mu);
+    if (k == 0)
+        return NVML_ERROR_NOT_FOUND;
+    if (!out || *count < k) {
+        *count = k;
+        return NVML_ERROR_INSUFFICIENT_SIZE;
+    }
+    for (unsigned i = 0; i < k; i++)
+        out[i] = (nvmlProcessUtilizationSample_t){.pid = host_pid(), .timeStamp = ts[i],
+                                                  .smUtil = util[i]};
+    *count = k;
+    return NVML_SUCCESS;
+}
+
+/* The newer API: one entry per process (its latest sample newer than lastSeenTimeStamp). With
+ * `processes_util_info = unsupported` it is not supported, as before driver R550. */
+API nvmlReturn_t nvmlDeviceGetProcessesUtilizationInfo(nvmlDevice_t h,
+                                                       nvmlProcessesUtilizationInfo_t *info)
+{
+    NEED_INIT();
+    CHECK_HANDLE(h);
+    if (!info)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    if (cfg.new_util_api_missing)
+        return NVML_ERROR_NOT_SUPPORTED;
+    if (info->version != nvmlProcessesUtilizationInfo_v1)
+        return NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
+    unsigned long long ts[SAMPLES];
+    unsigned util[SAMPLES];
+    pthread_mutex_lock(&mu);
+    sample(&proc_samplers[h->index], h->index);
+    unsigned k = newer(&proc_samplers[h->index], info->lastSeenTimeStamp, ts, util, SAMPLES);
+    pthread_mutex_unlock(&mu);
+    if (k == 0)
+        return NVML_ERROR_NOT_FOUND;
+    if (!info->procUtilArray || info->processSamplesCount < 1) {
+        info->processSamplesCount = 1;
+        return NVML_ERROR_INSUFFICIENT_SIZE;
+    }
+    /* the average over the samples since lastSeen, stamped with the newest */
+    unsigned long long sum = 0;
+    for (unsigned i = 0; i < k; i++)
+        sum += util[i];
+    info->procUtilArray[0] = (nvmlProcessUtilizationInfo_v1_t){
+        .timeStamp = ts[k - 1], .pid = host_pid(), .smUtil = (unsigned)(sum / k)};
+    info->processSamplesCount = 1;
     return NVML_SUCCESS;
 }
 

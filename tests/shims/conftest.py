@@ -12,7 +12,7 @@ import select
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -205,6 +205,17 @@ def shim_build() -> Path:
 
 @pytest.fixture
 def shim(shim_build: Path, tmp_path: Path) -> Shim:
+    return make_shim(shim_build, tmp_path)
+
+
+@pytest.fixture(scope="session")
+def shim_factory(shim_build: Path) -> Callable[[Path], Shim]:
+    """Makes a :class:`Shim` in a given directory (for fixtures wider than one test)."""
+    return lambda tmp: make_shim(shim_build, tmp)
+
+
+def make_shim(shim_build: Path, tmp_path: Path) -> Shim:
+    """A :class:`Shim` whose region file and device table live in ``tmp_path``."""
     info = build_info(shim_build)
     preload = [info["sanitizer_runtime"]] if info.get("sanitizer_runtime") else []
     preload.append(str(shim_build / "libhami-cuda.so"))
