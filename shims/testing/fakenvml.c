@@ -34,7 +34,7 @@ struct nvmlEventSet_st {
 
 static struct fake_config cfg;
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
-static int init_count;
+static atomic_int init_count; /* read without the lock by NEED_INIT */
 static int loaded;
 static struct nvmlDevice_st handles[FAKE_MAX_DEVICES];
 
@@ -59,7 +59,7 @@ static nvmlReturn_t do_init(void)
             handles[i].index = i;
         loaded = 1;
     }
-    init_count++;
+    atomic_fetch_add(&init_count, 1);
     pthread_mutex_unlock(&mu);
     return NVML_SUCCESS;
 }
@@ -78,7 +78,7 @@ API nvmlReturn_t nvmlShutdown(void)
     pthread_mutex_lock(&mu);
     nvmlReturn_t r = init_count ? NVML_SUCCESS : NVML_ERROR_UNINITIALIZED;
     if (init_count)
-        init_count--;
+        atomic_fetch_sub(&init_count, 1);
     pthread_mutex_unlock(&mu);
     return r;
 }
@@ -345,21 +345,25 @@ static int read_clock(int index, uint64_t *done, uint64_t *now)
     return 0;
 }
 
-/* Closes a sample if at least 1 ms passed since the previous one; called with `mu` held. */
-static void sample(struct sampler *sp, int index)
+/* Closes a sample if at least 1 ms passed since the previous one; called with `mu` held. Like
+ * NVML's per-process lists, `busy_only` samplers keep only intervals with some utilisation. */
+static void sample(struct sampler *sp, int index, int busy_only)
 {
     uint64_t done = 0, now = 0;
     if (read_clock(index, &done, &now) != 0)
         return;
     if (sp->have_prev && now - sp->prev_t >= 1000000ull) {
         uint64_t busy = done - sp->prev_done, span = now - sp->prev_t;
-        unsigned util = (unsigned)(busy >= span ? 100 : busy * 100 / span);
+        unsigned util = (unsigned)(busy >= span ? 100 : (busy * 100 + span / 2) / span);
+        if (busy_only && util == 0)
+            goto out;
         sp->ring[sp->head].ts_us = now / 1000;
         sp->ring[sp->head].util = util;
         sp->head = (sp->head + 1) % SAMPLES;
         if (sp->n < SAMPLES)
             sp->n++;
     }
+out:
     if (!sp->have_prev || now - sp->prev_t >= 1000000ull) {
         sp->have_prev = 1;
         sp->prev_done = done;
@@ -392,7 +396,7 @@ API nvmlReturn_t nvmlDeviceGetUtilizationRates(nvmlDevice_t h, nvmlUtilization_t
         return NVML_ERROR_INVALID_ARGUMENT;
     pthread_mutex_lock(&mu);
     struct sampler *sp = &rate_samplers[h->index];
-    sample(sp, h->index);
+    sample(sp, h->index, 0);
     u->gpu = sp->n ? sp->ring[(sp->head + SAMPLES - 1) % SAMPLES].util : 0;
     u->memory = 0;
     pthread_mutex_unlock(&mu);
@@ -413,7 +417,7 @@ API nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t h, nvmlProcessUtil
     unsigned long long ts[SAMPLES];
     unsigned util[SAMPLES];
     pthread_mutex_lock(&mu);
-    sample(&proc_samplers[h->index], h->index);
+    sample(&proc_samplers[h->index], h->index, 1);
     unsigned k = newer(&proc_samplers[h->index], last_seen, ts, util, SAMPLES);
     pthread_mutex_unlock(&mu);
     if (k == 0)
@@ -445,7 +449,7 @@ API nvmlReturn_t nvmlDeviceGetProcessesUtilizationInfo(nvmlDevice_t h,
     unsigned long long ts[SAMPLES];
     unsigned util[SAMPLES];
     pthread_mutex_lock(&mu);
-    sample(&proc_samplers[h->index], h->index);
+    sample(&proc_samplers[h->index], h->index, 1);
     unsigned k = newer(&proc_samplers[h->index], info->lastSeenTimeStamp, ts, util, SAMPLES);
     pthread_mutex_unlock(&mu);
     if (k == 0)

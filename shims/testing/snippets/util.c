@@ -3,11 +3,38 @@
  * Launches back to back on CUDA ordinal 0 for <warm_s> seconds (the controller settles), then
  * for <measure_s> more, and prints the device's share over the second phase from the stand-in
  * driver's virtual clock: share_x100 = 10000 x executed device time / elapsed clock time
- * (fakegpu_clock), plus the launch count, then holds ("measured"). A graph holds four kernel nodes of the same shape as
+ * (fakegpu_clock), the launch count and what the region shows right then, then holds ("measured"). A graph holds four kernel nodes of the same shape as
  * the plain launches (8 blocks x 128 threads), so it costs four kernels. */
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <time.h>
+#include <unistd.h>
 
+#include "region.h"
 #include "snippet.h"
+
+/* What the monitor sees at the end of the measured phase (the latest controller tick): this
+ * process's sm_util on device position 0 and the controller's utilisation; -1 without a region. */
+static void report_region(void)
+{
+    long long sm = -1, util = -1;
+    const char *path = getenv("CUDA_DEVICE_MEMORY_SHARED_CACHE");
+    int fd = path ? open(path, O_RDONLY) : -1;
+    char *base = fd >= 0 ? mmap(NULL, HAMI_FILE_SIZE, PROT_READ, MAP_SHARED, fd, 0) : MAP_FAILED;
+    if (base != MAP_FAILED) {
+        struct hami_region_v1 *v1 = (struct hami_region_v1 *)base;
+        struct hami_ext *ext = (struct hami_ext *)(base + HAMI_EXT_OFFSET);
+        for (int i = 0; i < atomic_load(&v1->proc_num) && i < HAMI_MAX_PROCS; i++)
+            if (atomic_load(&v1->procs[i].pid) == getpid())
+                sm = (long long)atomic_load(&v1->procs[i].device_util[0].sm_util);
+        util = (long long)atomic_load(&ext->dev[0].util_x100);
+        munmap(base, HAMI_FILE_SIZE);
+    }
+    if (fd >= 0)
+        close(fd);
+    say("slot_sm_util", sm);
+    say("ctl_util_x100", util);
+}
 
 static double now_s(void)
 {
@@ -66,6 +93,7 @@ int main(int argc, char **argv)
     clk(0, &b0, &t0);
     long long k = run(api, measure);
     clk(0, &b1, &t1);
+    report_region();
     say("launches", k);
     say("share_x100", (long long)((b1 - b0) * 10000 / (t1 - t0)));
     hold("measured");
