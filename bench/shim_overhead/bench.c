@@ -1,7 +1,14 @@
 /* Per-call cost of hooked entry points over the no-op stand-in driver: run once directly and once
  * with the shim preloaded (bench/shim_overhead/run.py), the difference is the shim's overhead.
- * Prints `<case> <median ns per call>`; medians of REPEATS runs. */
+ * Prints `<case> <median ns per call>`; medians of REPEATS runs.
+ *
+ * An idle helper thread runs in both cases unless BENCH_SINGLE_THREAD is set: a CUDA process is
+ * never single-threaded (the real driver starts its own threads at cuInit, and the shim starts its
+ * watcher thread), and glibc takes cheaper paths in a single-threaded process (malloc, locks),
+ * which would make the direct run unrealistically cheap and bill their loss to the shim. */
 #include <cuda.h>
+#include <pthread.h>
+#include <unistd.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -72,8 +79,20 @@ static void report(const char *name, double (*fn)(long), long n)
     fflush(stdout);
 }
 
+static void *idle(void *arg)
+{
+    (void)arg;
+    for (;;)
+        pause();
+    return NULL;
+}
+
 int main(void)
 {
+    if (!getenv("BENCH_SINGLE_THREAD")) {
+        pthread_t t;
+        pthread_create(&t, NULL, idle, NULL);
+    }
     check(cuInit(0), "cuInit");
     CUdevice d;
     CUcontext c;

@@ -6,6 +6,7 @@ throttles), and prints the median ns per call of each, the difference and the ra
 depend on the machine; nothing here asserts them.
 
     python bench/shim_overhead/run.py
+    BENCH_SINGLE_THREAD=1 python bench/shim_overhead/run.py   # no helper thread in the program
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ def main() -> int:
             f"-L{BUILD / 'testing'}",
             f"-Wl,-rpath,{BUILD / 'testing'}",
             "-lcuda",
+            "-lpthread",
         ],
         check=True,
     )
@@ -87,7 +89,12 @@ def main() -> int:
     direct = {k: statistics.median(r[k] for r in directs) for k in directs[0]}
     shim = {k: statistics.median(r[k] for r in shims) for k in shims[0]}
     load = os.getloadavg()[0]
-    print(f"median of {rounds} interleaved rounds (each a median of 7 runs); load {load:.1f}")
+    single = os.environ.get("BENCH_SINGLE_THREAD")
+    threads = "single-threaded" if single else "an idle helper thread"
+    print(
+        f"median of {rounds} interleaved rounds (each a median of 7 runs); load {load:.1f}; "
+        f"benchmark process with {threads} (bench.c)"
+    )
     print(
         f"{'case':<22}{'direct ns':>11}{'shim ns':>10}{'added ns':>10}{'ratio':>8}"
         f"{'target':>9}{'HAMi-core':>11}{'vs HAMi':>9}"
