@@ -413,17 +413,21 @@ int hami_region_attach(struct hami_shared *sh, hami_list_devices_fn list_devices
     sh->slot = -1;
     sh->me = NULL;
     sh->pid = (int32_t)getpid();
-    choose_path(sh->path, sizeof(sh->path));
-    if (map_file(sh, list_devices) != 0 && map_private(sh, list_devices) != 0) {
-        LOG_ERROR("cannot create a local accounting region; limits are not enforced");
-        return -1;
+    if (!(sh->attached && sh->v1)) { /* not a fork child of an attached process */
+        sh->attached = 0;
+        choose_path(sh->path, sizeof(sh->path));
+        if (map_file(sh, list_devices) != 0 && map_private(sh, list_devices) != 0) {
+            LOG_ERROR("cannot create a local accounting region; limits are not enforced");
+            return -1;
+        }
+        check_env_limits(sh);
     }
-    check_env_limits(sh);
     if (register_slot(sh) != 0) {
         /* No slot: account in a process-local region so that limits still hold per process. */
         if (sh->is_private || map_private(sh, list_devices) != 0 || register_slot(sh) != 0)
             return -1;
     }
+    sh->attached = 1;
     LOG_INFO("attached %s region %s, slot %d, %llu device(s)", sh->is_private ? "local" : "shared",
              sh->path, sh->slot, (unsigned long long)sh->v1->device_num);
     return 0;

@@ -163,6 +163,7 @@ struct hami_shared {
     struct hami_proc_slot *me; /* own slot, never moved */
     int slot;
     int is_private;            /* the file could not be used: process-local region */
+    int attached;              /* mapping complete and a slot registered (kept in a fork child) */
     int32_t pid;               /* cached getpid() of the owner of `me` */
     uint8_t fail_closed[HAMI_MAX_DEVICES]; /* this process's own limit value was malformed */
     char path[512];
@@ -173,7 +174,8 @@ struct hami_shared {
 typedef int (*hami_list_devices_fn)(char uuids[][HAMI_UUID_LEN], int max);
 
 /* Maps (creating if needed) the region file named by CUDA_DEVICE_MEMORY_SHARED_CACHE (or the
- * defaults of shim-contract.md 4) and registers a slot for this process. Never exits: if the file
+ * defaults of shim-contract.md 4) and registers a slot for this process. A fork child whose parent
+ * had attached keeps the inherited mapping and only registers its own slot. Never exits: if the file
  * cannot be used, a process-local region with the limits from the environment is used and one
  * error line is logged. Returns 0 when a region (file or local) is attached. */
 int hami_region_attach(struct hami_shared *sh, hami_list_devices_fn list_devices);

@@ -61,8 +61,14 @@ static const struct hook_desc *find_hook(const char *name)
 
 /* ------------------------------------------------------------------ early init */
 
+/* fork child (shim-contract.md 2.7): the child is a new process of the container. Its first call
+ * that needs the region registers a new slot (reusing the parent's mapping), so its charges never
+ * land in the parent's slot, and restarts the watcher thread (threads do not survive fork). Every
+ * process-local lock another thread of the parent may have held at the fork is re-initialised
+ * here; the locks in the file belong to the parent's threads, which release them in the parent. */
 static void on_fork_child(void)
 {
+    pthread_mutex_init(&attach_mu, NULL);
     hami_g.pid = (int32_t)getpid();
     hami_g.sh.slot = -1;
     hami_g.sh.me = NULL;

@@ -33,6 +33,10 @@ static inline int before_launch(void)
     struct hami_region_v1 *v1 = atomic_load_explicit(&hami_g.v1, memory_order_acquire);
     if (UNLIKELY(!v1))
         return 0;
+    /* A fork child of an attached process: its own slot and watcher before its first launch. */
+    if (UNLIKELY(atomic_load_explicit(&hami_g.attached_pid, memory_order_relaxed) != hami_g.pid) &&
+        !hami_attach_slow())
+        return 0;
     int rk = atomic_load_explicit(&v1->recent_kernel, memory_order_relaxed);
     if (UNLIKELY(rk != 2)) {
         while (rk < 0) { /* blocked by the monitor for a higher-priority container */

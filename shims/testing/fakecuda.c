@@ -51,6 +51,39 @@ static void rec_hit(struct call_rec *r)
     static struct call_rec rec_##fn = {.name = #fn};       \
     rec_hit(&rec_##fn)
 
+/* ---------------------------------------------------------------- stalls (fork tests) */
+
+/* fakegpu_stall_arm(name): the next call of entry point `name` (only those with a STALL point)
+ * blocks, before taking any lock of the stand-in, until fakegpu_stall_release(); one-shot, so a
+ * fork child never stalls. fakegpu_stalled() says whether a thread is blocked there now. Lets a
+ * test fork while another thread is inside the driver with a lock of the shim held. */
+static const char *_Atomic stall_name;
+static atomic_int stall_active, stall_released;
+
+API void fakegpu_stall_point(const char *name)
+{
+    const char *n = atomic_load(&stall_name);
+    if (__builtin_expect(!n, 1) || strcmp(n, name) ||
+        !atomic_compare_exchange_strong(&stall_name, &n, NULL))
+        return;
+    atomic_store(&stall_active, 1);
+    while (!atomic_load(&stall_released)) {
+        struct timespec ts = {0, 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    atomic_store(&stall_active, 0);
+}
+
+API void fakegpu_stall_arm(const char *name)
+{
+    atomic_store(&stall_released, 0);
+    atomic_store(&stall_name, name);
+}
+
+API int fakegpu_stalled(void) { return atomic_load(&stall_active); }
+
+API void fakegpu_stall_release(void) { atomic_store(&stall_released, 1); }
+
 /* ---------------------------------------------------------------- device state */
 
 static struct fake_config cfg;
@@ -531,6 +564,7 @@ API CUresult cuCtxCreate(CUcontext *pctx, unsigned int flags, CUdevice d)
 API CUresult cuCtxCreate_v2(CUcontext *pctx, unsigned int flags, CUdevice d)
 {
     RECORD(cuCtxCreate_v2);
+    fakegpu_stall_point("cuCtxCreate_v2");
     (void)flags;
     return ctx_create(pctx, d);
 }
@@ -954,6 +988,7 @@ API CUresult cuMemPoolTrimTo(CUmemoryPool p, size_t keep)
 API CUresult cuMemPoolGetAttribute(CUmemoryPool p, CUmemPool_attribute a, void *value)
 {
     RECORD(cuMemPoolGetAttribute);
+    fakegpu_stall_point("cuMemPoolGetAttribute");
     NEED_INIT();
     if (!p || !value)
         return CUDA_ERROR_INVALID_VALUE;

@@ -136,8 +136,18 @@ API nvmlReturn_t nvmlSystemGetCudaDriverVersion_v2(int *v)
     return nvmlSystemGetCudaDriverVersion(v);
 }
 
+/* Stall points shared with the stand-in CUDA driver (fakegpu_stall_arm, fork tests). */
+static void stall_point(const char *name)
+{
+    typedef void (*stall_fn)(const char *);
+    stall_fn f = (stall_fn)(uintptr_t)dlsym(RTLD_DEFAULT, "fakegpu_stall_point");
+    if (f)
+        f(name);
+}
+
 API nvmlReturn_t nvmlDeviceGetCount_v2(unsigned int *n)
 {
+    stall_point("nvmlDeviceGetCount_v2");
     NEED_INIT();
     if (!n)
         return NVML_ERROR_INVALID_ARGUMENT;

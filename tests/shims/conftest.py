@@ -229,7 +229,7 @@ def make_shim(shim_build: Path, tmp_path: Path) -> Shim:
         HAMI_FAKE_GPU_CONFIG=str(tmp_path / "gpus.conf"),
         ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:exitcode=66",
         UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:exitcode=66",
-        TSAN_OPTIONS="halt_on_error=1:exitcode=66:report_signal_unsafe=0",
+        TSAN_OPTIONS="halt_on_error=1:exitcode=66:report_signal_unsafe=0:die_after_fork=0",
     )
     (tmp_path / "gpus.conf").write_text("driver_version = 13040\n" + TWO_DEVICES)
     return Shim(shim_build, tmp_path, preload, env)
