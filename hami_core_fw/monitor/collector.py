@@ -300,8 +300,8 @@ class MonitorCollector(Collector):
         if self._extra is not None:
             try:
                 extra = self._extra()
-            except errors.PluginError:  # a plugin bug must not fail the scrape
-                logger.exception("scrape without plugin metrics")
+            except errors.PluginError as err:  # a plugin bug must not fail the scrape
+                logger.exception("scrape goes on without the metrics of plugin %s", err.plugin)
                 return
             for family in extra:
                 if isinstance(family, Metric):
