@@ -140,6 +140,8 @@ class MonitorProcess:
         self.stopping = False
         #: set when a scan should run before the next period (a pod appeared)
         self.wake = asyncio.Event()
+        #: set once a scan has run with the complete pod list (readiness)
+        self.scanned = asyncio.Event()
         self._feedback_paused = False
         self.registry = CollectorRegistry()
         self.collector = collector.MonitorCollector(
@@ -306,6 +308,8 @@ class MonitorProcess:
                 await asyncio.to_thread(self.tick)
             except Exception:  # a periodic job must keep running
                 logger.exception("container scan failed")
+            if self._scanned_with_pods:
+                self.scanned.set()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), timeout=self.options.scan_interval_s)
 
@@ -400,7 +404,8 @@ async def serve(
 ) -> None:
     """Run the monitor until ``stop`` is set (or SIGTERM/SIGINT when ``stop`` is None).
 
-    :param ready: set once the listener accepts connections
+    :param ready: set once the listener accepts connections and a scan has run with the complete
+        pod list (``/readyz`` answers 200 from then on)
     :param options: node, paths, intervals
     :param source: where pods are listed and watched; None = connect with ``options.kubeconfig``
     :param backends: telemetry backends; None = :func:`make_backends` for ``options.vendors``
@@ -439,7 +444,13 @@ async def serve(
             bind_port,
             process.scanner.root,
         )
-        if ready is not None:
+        waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(process.scanned.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        if ready is not None and not stop.is_set():
             ready.set()
         await stop.wait()
         logger.info("stopping")
