@@ -18,6 +18,9 @@ enum hami_kind {
     HAMI_K_POOL,      /* a pool's charge: key = pool, size = charged bytes */
     HAMI_K_CTX,       /* a context made by cuCtxCreate*: size = its charged overhead */
     HAMI_K_GRAPH,     /* an instantiated graph: size = launch cost (kernel work), not memory */
+    HAMI_K_GRAPHMEM,  /* an executable graph with memory nodes: aux = device mask, size = 1 until
+                         its first launch */
+    HAMI_K_GRAPHPOOL, /* a device's graph memory pool: key = position, size = charged bytes */
 };
 
 struct hami_entry {

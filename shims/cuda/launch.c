@@ -446,12 +446,39 @@ static CUresult graph_instantiated(CUresult r, CUgraphExec *e, CUgraph g)
     return r;
 }
 
+struct inst_args {
+    int variant; /* 0 WithFlags, 1 WithParams, 2 WithParams_ptsz */
+    CUgraphExec *e;
+    CUgraph g;
+    unsigned long long flags;
+    CUDA_GRAPH_INSTANTIATE_PARAMS *p;
+};
+
+static CUresult call_instantiate(void *arg)
+{
+    struct inst_args *a = arg;
+    switch (a->variant) {
+    case 0: return hami_real.cuGraphInstantiateWithFlags(a->e, a->g, a->flags);
+    case 1: return hami_real.cuGraphInstantiateWithParams(a->e, a->g, a->p);
+    default: return hami_real.cuGraphInstantiateWithParams_ptsz(a->e, a->g, a->p);
+    }
+}
+
+static CUresult instantiate(struct inst_args *a, const char *api)
+{
+    CUresult r = hami_graph_mem_instantiate(call_instantiate, a, a->e, a->g, api);
+    if (r == CUDA_ERROR_OUT_OF_MEMORY && a->p)
+        a->p->result_out = CUDA_GRAPH_INSTANTIATE_ERROR;
+    return graph_instantiated(r, a->e, a->g);
+}
+
 HAMI_SHIM_API CUresult cuGraphInstantiateWithFlags(CUgraphExec *e, CUgraph g, unsigned long long flags)
 {
     hami_init();
     if (UNLIKELY(!hami_real.cuGraphInstantiateWithFlags))
         return CUDA_ERROR_NOT_SUPPORTED;
-    return graph_instantiated(hami_real.cuGraphInstantiateWithFlags(e, g, flags), e, g);
+    struct inst_args a = {0, e, g, flags, NULL};
+    return instantiate(&a, "cuGraphInstantiateWithFlags");
 }
 
 HAMI_SHIM_API CUresult cuGraphInstantiateWithParams(CUgraphExec *e, CUgraph g,
@@ -460,7 +487,8 @@ HAMI_SHIM_API CUresult cuGraphInstantiateWithParams(CUgraphExec *e, CUgraph g,
     hami_init();
     if (UNLIKELY(!hami_real.cuGraphInstantiateWithParams))
         return CUDA_ERROR_NOT_SUPPORTED;
-    return graph_instantiated(hami_real.cuGraphInstantiateWithParams(e, g, p), e, g);
+    struct inst_args a = {1, e, g, 0, p};
+    return instantiate(&a, "cuGraphInstantiateWithParams");
 }
 
 HAMI_SHIM_API CUresult cuGraphInstantiateWithParams_ptsz(CUgraphExec *e, CUgraph g,
@@ -469,7 +497,8 @@ HAMI_SHIM_API CUresult cuGraphInstantiateWithParams_ptsz(CUgraphExec *e, CUgraph
     hami_init();
     if (UNLIKELY(!hami_real.cuGraphInstantiateWithParams_ptsz))
         return CUDA_ERROR_NOT_SUPPORTED;
-    return graph_instantiated(hami_real.cuGraphInstantiateWithParams_ptsz(e, g, p), e, g);
+    struct inst_args a = {2, e, g, 0, p};
+    return instantiate(&a, "cuGraphInstantiateWithParams_ptsz");
 }
 
 HAMI_SHIM_API CUresult cuGraphExecDestroy(CUgraphExec e)
@@ -480,7 +509,7 @@ HAMI_SHIM_API CUresult cuGraphExecDestroy(CUgraphExec e)
     struct hami_entry ent;
     if (e && !hami_g.disabled)
         hami_map_take(HAMI_K_GRAPH, (uint64_t)(uintptr_t)e, &ent);
-    return hami_real.cuGraphExecDestroy(e);
+    return hami_graph_mem_destroy(e);
 }
 
 /* Graph launches are gated by the same bucket (HAMi#1445) and cost the kernel work recorded at
@@ -500,7 +529,11 @@ static uint64_t graph_cost(CUgraphExec g)
             return CUDA_ERROR_NOT_SUPPORTED;                                      \
         if (LIKELY(!hami_g.disabled) && before_launch())                          \
             hami_throttle(s, graph_cost(g));                                      \
-        return hami_real.name(g, s);                                              \
+        CUresult r = hami_real.name(g, s);                                        \
+        if (UNLIKELY(atomic_load_explicit(&hami_graphmem_pending, memory_order_relaxed)) && \
+            r == CUDA_SUCCESS)                                                    \
+            hami_graph_mem_launched(g);                                           \
+        return r;                                                                 \
     }
 
 GRAPH_WRAPPER(cuGraphLaunch)

@@ -16,10 +16,13 @@
 static pthread_mutex_t pool_mu = PTHREAD_MUTEX_INITIALIZER;
 static _Atomic uint64_t last_reclaim_ns;
 
+atomic_int hami_graphmem_pending;
+
 void hami_memory_fork_child(void)
 {
     hami_map_reset();
     pthread_mutex_init(&pool_mu, NULL);
+    atomic_store(&hami_graphmem_pending, 0);
 }
 
 #define ENTER(name, args)                                                  \
@@ -591,5 +594,190 @@ HAMI_SHIM_API CUresult cuDeviceTotalMem(unsigned int *bytes, CUdevice dev)
     if (pos >= 0)
         clamp(pos, NULL, &t64);
     *bytes = t64 > 0xffffffffu ? 0xffffffffu : (unsigned)t64;
+    return r;
+}
+
+/* ------------------------------------------------------------------ graph memory */
+
+/* A device's graph memory pool (allocation nodes of instantiated graphs, stream-ordered
+ * allocations captured into graphs) is charged as its CU_GRAPH_MEM_ATTR_RESERVED_MEM_CURRENT
+ * (shim-contract.md 6.2), re-read after instantiation, after the first launch of a graph with
+ * memory nodes, after its destruction and after cuDeviceGraphMemTrim; all under pool_mu. */
+
+static int graph_ord[HAMI_MAX_DEVICES]; /* CUDA ordinal + 1 of each position's pool; 0 = none */
+
+static int graph_attr(int ordinal, CUgraphMem_attribute a, uint64_t *v)
+{
+    cuuint64_t x = 0;
+    if (hami_real.cuDeviceGetGraphMemAttribute(ordinal, a, &x) != CUDA_SUCCESS)
+        return -1;
+    *v = x;
+    return 0;
+}
+
+/* Moves the charge of position `pos`'s graph pool to the pool's reservation. With `enforce`,
+ * growth beyond the limit returns -1 (one log line) and leaves the charge unchanged. */
+static int graphpool_reconcile(int pos, int enforce, const char *api)
+{
+    uint64_t reserved = 0;
+    if (!graph_ord[pos] || graph_attr(graph_ord[pos] - 1, CU_GRAPH_MEM_ATTR_RESERVED_MEM_CURRENT,
+                                      &reserved))
+        return 0;
+    struct hami_entry e = {0};
+    uint64_t have = hami_map_get(HAMI_K_GRAPHPOOL, (uint64_t)pos, &e) ? e.size : 0;
+    if (reserved > have) {
+        uint64_t used = 0, limit = 0;
+        if (enforce ? charge(pos, reserved - have, api)
+                    : hami_charge(&hami_g.sh, pos, reserved - have, HAMI_F_DATA, 0, &used, &limit))
+            return -1;
+    } else {
+        uncharge(pos, have - reserved);
+    }
+    track(HAMI_K_GRAPHPOOL, (uint64_t)pos, pos, reserved, NULL);
+    return 0;
+}
+
+/* Bytes of the graph's memory allocation nodes per region position; returns the position mask. */
+static unsigned graph_footprint(CUgraph g, uint64_t fp[HAMI_MAX_DEVICES])
+{
+    size_t n = 0;
+    if (!hami_real.cuGraphGetNodes || !hami_real.cuGraphNodeGetType ||
+        !hami_real.cuGraphMemAllocNodeGetParams || hami_real.cuGraphGetNodes(g, NULL, &n) != CUDA_SUCCESS ||
+        n == 0)
+        return 0;
+    CUgraphNode *nodes = calloc(n, sizeof(*nodes));
+    if (!nodes)
+        return 0;
+    unsigned mask = 0;
+    if (hami_real.cuGraphGetNodes(g, nodes, &n) == CUDA_SUCCESS) {
+        for (size_t i = 0; i < n; i++) {
+            CUgraphNodeType t;
+            CUDA_MEM_ALLOC_NODE_PARAMS p;
+            if (!nodes[i] || hami_real.cuGraphNodeGetType(nodes[i], &t) != CUDA_SUCCESS ||
+                t != CU_GRAPH_NODE_TYPE_MEM_ALLOC ||
+                hami_real.cuGraphMemAllocNodeGetParams(nodes[i], &p) != CUDA_SUCCESS ||
+                p.poolProps.location.type != CU_MEM_LOCATION_TYPE_DEVICE)
+                continue;
+            int pos = ordinal_pos(p.poolProps.location.id);
+            if (pos < 0)
+                continue;
+            fp[pos] += p.bytesize;
+            graph_ord[pos] = p.poolProps.location.id + 1;
+            mask |= 1u << pos;
+        }
+    }
+    free(nodes);
+    return mask;
+}
+
+CUresult hami_graph_mem_instantiate(CUresult (*call)(void *), void *arg, CUgraphExec *e, CUgraph g,
+                                    const char *api)
+{
+    if (hami_g.disabled || !e || !g || !hami_real.cuDeviceGetGraphMemAttribute)
+        return call(arg);
+    uint64_t fp[HAMI_MAX_DEVICES] = {0};
+    pthread_mutex_lock(&pool_mu);
+    unsigned mask = graph_footprint(g, fp);
+    if (!mask) {
+        pthread_mutex_unlock(&pool_mu);
+        return call(arg);
+    }
+    /* Refuse at once what cannot fit: the pool grows by what its reservation cannot hold. */
+    for (int pos = 0; pos < HAMI_MAX_DEVICES; pos++) {
+        if (!(mask & (1u << pos)))
+            continue;
+        uint64_t used = 0, reserved = 0;
+        graphpool_reconcile(pos, 0, api);
+        if (graph_attr(graph_ord[pos] - 1, CU_GRAPH_MEM_ATTR_USED_MEM_CURRENT, &used) ||
+            graph_attr(graph_ord[pos] - 1, CU_GRAPH_MEM_ATTR_RESERVED_MEM_CURRENT, &reserved))
+            continue;
+        uint64_t need = used + fp[pos], grow = need > reserved ? need - reserved : 0;
+        if (grow && charge(pos, grow, api)) {
+            pthread_mutex_unlock(&pool_mu);
+            return CUDA_ERROR_OUT_OF_MEMORY;
+        }
+        uncharge(pos, grow);
+    }
+    CUresult r = call(arg);
+    if (r != CUDA_SUCCESS || !*e) {
+        pthread_mutex_unlock(&pool_mu);
+        return r;
+    }
+    int over = 0;
+    for (int pos = 0; pos < HAMI_MAX_DEVICES; pos++)
+        if ((mask & (1u << pos)) && graphpool_reconcile(pos, 1, api))
+            over = 1;
+    if (over) {
+        /* Another process took the room meanwhile: roll back, give the growth back. */
+        hami_real.cuGraphExecDestroy(*e);
+        *e = NULL;
+        for (int pos = 0; pos < HAMI_MAX_DEVICES; pos++) {
+            if (!(mask & (1u << pos)))
+                continue;
+            if (hami_real.cuDeviceGraphMemTrim)
+                hami_real.cuDeviceGraphMemTrim(graph_ord[pos] - 1);
+            graphpool_reconcile(pos, 0, api);
+        }
+        pthread_mutex_unlock(&pool_mu);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    track(HAMI_K_GRAPHMEM, (uint64_t)(uintptr_t)*e, 0, 1, (void *)(uintptr_t)mask);
+    atomic_fetch_add(&hami_graphmem_pending, 1);
+    pthread_mutex_unlock(&pool_mu);
+    return r;
+}
+
+static void graph_reconcile_mask(unsigned mask, const char *api)
+{
+    for (int pos = 0; pos < HAMI_MAX_DEVICES; pos++)
+        if (mask & (1u << pos))
+            graphpool_reconcile(pos, 0, api);
+}
+
+/* A driver that maps graph memory at the first launch (not at instantiation) grows the pool
+ * there: re-read once per executable graph. */
+void hami_graph_mem_launched(CUgraphExec x)
+{
+    struct hami_entry e;
+    pthread_mutex_lock(&pool_mu);
+    if (hami_map_get(HAMI_K_GRAPHMEM, (uint64_t)(uintptr_t)x, &e) && e.size) {
+        atomic_fetch_sub(&hami_graphmem_pending, 1);
+        track(HAMI_K_GRAPHMEM, e.key, 0, 0, e.aux);
+        graph_reconcile_mask((unsigned)(uintptr_t)e.aux, "cuGraphLaunch");
+    }
+    pthread_mutex_unlock(&pool_mu);
+}
+
+CUresult hami_graph_mem_destroy(CUgraphExec x)
+{
+    struct hami_entry e;
+    pthread_mutex_lock(&pool_mu);
+    int known = x && !hami_g.disabled && hami_map_take(HAMI_K_GRAPHMEM, (uint64_t)(uintptr_t)x, &e);
+    CUresult r = hami_real.cuGraphExecDestroy(x);
+    if (known) {
+        if (r != CUDA_SUCCESS) {
+            track(HAMI_K_GRAPHMEM, e.key, 0, e.size, e.aux);
+        } else {
+            if (e.size)
+                atomic_fetch_sub(&hami_graphmem_pending, 1);
+            /* the pool keeps the memory reserved until trimmed: usually no change */
+            graph_reconcile_mask((unsigned)(uintptr_t)e.aux, "cuGraphExecDestroy");
+        }
+    }
+    pthread_mutex_unlock(&pool_mu);
+    return r;
+}
+
+HAMI_SHIM_API CUresult cuDeviceGraphMemTrim(CUdevice dev)
+{
+    ENTER(cuDeviceGraphMemTrim, (dev));
+    CUresult r = hami_real.cuDeviceGraphMemTrim(dev);
+    int pos;
+    if (r == CUDA_SUCCESS && hami_real.cuDeviceGetGraphMemAttribute && (pos = ordinal_pos(dev)) >= 0) {
+        pthread_mutex_lock(&pool_mu);
+        graph_ord[pos] = dev + 1;
+        graphpool_reconcile(pos, 0, "cuDeviceGraphMemTrim");
+        pthread_mutex_unlock(&pool_mu);
+    }
     return r;
 }

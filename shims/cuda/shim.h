@@ -54,6 +54,15 @@ int hami_attach_slow(void);
 /* Starts this process's watcher thread (limiter ticks, dead-slot sweep) once per process. */
 void hami_watcher_start(void);
 void hami_throttle(CUstream stream, uint64_t cost);
+/* Graph memory (memory.c): instantiation through `call` charged with the graph pool's growth,
+ * refused (CUDA_ERROR_OUT_OF_MEMORY, driver not called) when it cannot fit; re-read after the
+ * first launch of such a graph and after its destruction. */
+CUresult hami_graph_mem_instantiate(CUresult (*call)(void *), void *arg, CUgraphExec *e, CUgraph g,
+                                    const char *api);
+extern atomic_int hami_graphmem_pending; /* executable graphs with memory nodes not launched yet */
+void hami_graph_mem_launched(CUgraphExec e);
+/* cuGraphExecDestroy through the driver, releasing what the graph pool no longer reserves. */
+CUresult hami_graph_mem_destroy(CUgraphExec e);
 /* pthread_atfork child handlers of the translation units with process-local state. */
 void hami_memory_fork_child(void);
 void hami_context_fork_child(void);

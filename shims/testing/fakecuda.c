@@ -116,6 +116,10 @@ struct devstate {
     struct CUctx_st primary;
     struct CUmemPoolHandle_st default_pool;
     struct CUmemPoolHandle_st *current_pool;
+    /* graph memory pool (memory nodes): mapped at instantiation, kept reserved after the graph
+     * is destroyed until cuDeviceGraphMemTrim */
+    pthread_mutex_t gmu;
+    uint64_t g_used, g_used_high, g_reserved, g_reserved_high;
 };
 static struct devstate devs[FAKE_MAX_DEVICES];
 static atomic_long alloc_counter;
@@ -162,6 +166,7 @@ static void load_config(void)
         devs[i].primary.primary = 1;
         devs[i].default_pool.dev = i;
         pthread_mutex_init(&devs[i].default_pool.mu, NULL);
+        pthread_mutex_init(&devs[i].gmu, NULL);
         devs[i].current_pool = &devs[i].default_pool;
         atomic_store(&devs[i].external, cfg.external_used);
     }
@@ -1602,13 +1607,15 @@ API CUresult cuLaunchKernelEx_ptsz(const CUlaunchConfig *c, CUfunction f, void *
 struct CUgraphNode_st {
     CUgraphNodeType type;
     CUDA_KERNEL_NODE_PARAMS kp;
+    CUDA_MEM_ALLOC_NODE_PARAMS mp; /* CU_GRAPH_NODE_TYPE_MEM_ALLOC */
 };
 struct CUgraph_st {
     int n;
     struct CUgraphNode_st nodes[GRAPH_MAX_NODES];
 };
 struct CUgraphExec_st {
-    uint64_t work; /* sum over kernel nodes of blocks * threads */
+    uint64_t work;                         /* sum over kernel nodes of blocks * threads */
+    uint64_t gmem[FAKE_MAX_DEVICES];       /* graph memory mapped for its allocation nodes */
 };
 
 API CUresult cuGraphCreate(CUgraph *g, unsigned int flags)
@@ -1671,19 +1678,151 @@ API CUresult cuGraphKernelNodeGetParams_v2(CUgraphNode node, CUDA_KERNEL_NODE_PA
     return CUDA_SUCCESS;
 }
 
+API CUresult cuGraphAddMemAllocNode(CUgraphNode *node, CUgraph g, const CUgraphNode *deps,
+                                    size_t ndeps, CUDA_MEM_ALLOC_NODE_PARAMS *p)
+{
+    RECORD(cuGraphAddMemAllocNode);
+    NEED_INIT();
+    (void)deps, (void)ndeps;
+    if (!g || !p || !node || p->bytesize == 0 ||
+        p->poolProps.location.type != CU_MEM_LOCATION_TYPE_DEVICE)
+        return CUDA_ERROR_INVALID_VALUE;
+    CHECK_DEV(p->poolProps.location.id);
+    if (g->n >= GRAPH_MAX_NODES)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    /* the virtual address is fixed now; physical memory is mapped when the graph is instantiated */
+    p->dptr = atomic_fetch_add(&bump_next, (p->bytesize + MIB - 1) & ~(MIB - 1));
+    struct CUgraphNode_st *nd = &g->nodes[g->n++];
+    memset(nd, 0, sizeof(*nd));
+    nd->type = CU_GRAPH_NODE_TYPE_MEM_ALLOC;
+    nd->mp = *p;
+    *node = nd;
+    return CUDA_SUCCESS;
+}
+
+API CUresult cuGraphAddMemFreeNode(CUgraphNode *node, CUgraph g, const CUgraphNode *deps,
+                                   size_t ndeps, CUdeviceptr dptr)
+{
+    RECORD(cuGraphAddMemFreeNode);
+    NEED_INIT();
+    (void)deps, (void)ndeps;
+    if (!g || !node || !dptr)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (g->n >= GRAPH_MAX_NODES)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    struct CUgraphNode_st *nd = &g->nodes[g->n++];
+    memset(nd, 0, sizeof(*nd));
+    nd->type = CU_GRAPH_NODE_TYPE_MEM_FREE;
+    *node = nd;
+    return CUDA_SUCCESS;
+}
+
+API CUresult cuGraphMemAllocNodeGetParams(CUgraphNode node, CUDA_MEM_ALLOC_NODE_PARAMS *out)
+{
+    RECORD(cuGraphMemAllocNodeGetParams);
+    NEED_INIT();
+    if (!node || !out || node->type != CU_GRAPH_NODE_TYPE_MEM_ALLOC)
+        return CUDA_ERROR_INVALID_VALUE;
+    *out = node->mp;
+    return CUDA_SUCCESS;
+}
+
+/* Maps (or unmaps, with sign < 0) an executable graph's memory in the devices' graph pools. The
+ * pool grows when its reservation cannot hold what mapped graphs use; it never shrinks by itself. */
+static int gmem_map(struct CUgraphExec_st *x, int sign)
+{
+    for (int d = 0; d < cuda_count; d++) {
+        if (!x->gmem[d])
+            continue;
+        struct devstate *ds = &devs[d];
+        pthread_mutex_lock(&ds->gmu);
+        if (sign < 0) {
+            ds->g_used -= x->gmem[d];
+        } else {
+            uint64_t need = ds->g_used + x->gmem[d];
+            if (need > ds->g_reserved) {
+                if (take(d, need - ds->g_reserved)) {
+                    pthread_mutex_unlock(&ds->gmu);
+                    for (int k = 0; k < d; k++)
+                        if (x->gmem[k]) {
+                            pthread_mutex_lock(&devs[k].gmu);
+                            devs[k].g_used -= x->gmem[k];
+                            pthread_mutex_unlock(&devs[k].gmu);
+                        }
+                    return -1;
+                }
+                ds->g_reserved = need;
+                if (need > ds->g_reserved_high)
+                    ds->g_reserved_high = need;
+            }
+            ds->g_used = need;
+            if (need > ds->g_used_high)
+                ds->g_used_high = need;
+        }
+        pthread_mutex_unlock(&ds->gmu);
+    }
+    return 0;
+}
+
 static CUresult instantiate(CUgraphExec *e, CUgraph g)
 {
     NEED_INIT();
     if (!g || !e)
         return CUDA_ERROR_INVALID_VALUE;
-    *e = malloc(sizeof(**e));
-    (*e)->work = 0;
+    struct CUgraphExec_st *x = calloc(1, sizeof(*x));
+    if (!x)
+        return CUDA_ERROR_OUT_OF_MEMORY;
     for (int i = 0; i < g->n; i++) {
-        const CUDA_KERNEL_NODE_PARAMS *p = &g->nodes[i].kp;
-        (*e)->work += (uint64_t)p->gridDimX * p->gridDimY * p->gridDimZ * p->blockDimX *
-                      p->blockDimY * p->blockDimZ;
+        const struct CUgraphNode_st *nd = &g->nodes[i];
+        if (nd->type == CU_GRAPH_NODE_TYPE_MEM_ALLOC) {
+            x->gmem[nd->mp.poolProps.location.id] += nd->mp.bytesize;
+            continue;
+        }
+        const CUDA_KERNEL_NODE_PARAMS *p = &nd->kp;
+        x->work += (uint64_t)p->gridDimX * p->gridDimY * p->gridDimZ * p->blockDimX *
+                   p->blockDimY * p->blockDimZ;
     }
+    if (gmem_map(x, 1)) {
+        free(x);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    *e = x;
     return CUDA_SUCCESS;
+}
+
+API CUresult cuDeviceGraphMemTrim(CUdevice d)
+{
+    RECORD(cuDeviceGraphMemTrim);
+    NEED_INIT();
+    CHECK_DEV(d);
+    pthread_mutex_lock(&devs[d].gmu);
+    if (devs[d].g_reserved > devs[d].g_used) {
+        give(d, devs[d].g_reserved - devs[d].g_used);
+        devs[d].g_reserved = devs[d].g_used;
+    }
+    pthread_mutex_unlock(&devs[d].gmu);
+    return CUDA_SUCCESS;
+}
+
+API CUresult cuDeviceGetGraphMemAttribute(CUdevice d, CUgraphMem_attribute a, void *value)
+{
+    RECORD(cuDeviceGetGraphMemAttribute);
+    NEED_INIT();
+    CHECK_DEV(d);
+    if (!value)
+        return CUDA_ERROR_INVALID_VALUE;
+    cuuint64_t *v = value;
+    CUresult r = CUDA_SUCCESS;
+    pthread_mutex_lock(&devs[d].gmu);
+    switch (a) {
+    case CU_GRAPH_MEM_ATTR_USED_MEM_CURRENT: *v = devs[d].g_used; break;
+    case CU_GRAPH_MEM_ATTR_USED_MEM_HIGH: *v = devs[d].g_used_high; break;
+    case CU_GRAPH_MEM_ATTR_RESERVED_MEM_CURRENT: *v = devs[d].g_reserved; break;
+    case CU_GRAPH_MEM_ATTR_RESERVED_MEM_HIGH: *v = devs[d].g_reserved_high; break;
+    default: r = CUDA_ERROR_INVALID_VALUE; break;
+    }
+    pthread_mutex_unlock(&devs[d].gmu);
+    return r;
 }
 
 API CUresult cuGraphInstantiateWithFlags(CUgraphExec *e, CUgraph g, unsigned long long flags)
@@ -1733,6 +1872,8 @@ API CUresult cuGraphExecDestroy(CUgraphExec e)
 {
     RECORD(cuGraphExecDestroy);
     NEED_INIT();
+    if (e)
+        gmem_map(e, -1);
     free(e);
     return CUDA_SUCCESS;
 }
@@ -1784,7 +1925,9 @@ static const struct export exports[] = {
     X(cuGraphAddKernelNode_v2) X(cuGraphInstantiateWithFlags) X(cuGraphInstantiateWithParams)
     X(cuGraphInstantiateWithParams_ptsz) X(cuGraphGetNodes) X(cuGraphNodeGetType)
     X(cuGraphKernelNodeGetParams_v2) X(cuGraphLaunch)
-    X(cuGraphLaunch_ptsz) X(cuGraphExecDestroy) X(cuGraphDestroy)
+    X(cuGraphLaunch_ptsz) X(cuGraphExecDestroy) X(cuGraphDestroy) X(cuGraphAddMemAllocNode)
+    X(cuGraphAddMemFreeNode) X(cuGraphMemAllocNodeGetParams) X(cuDeviceGraphMemTrim)
+    X(cuDeviceGetGraphMemAttribute)
 };
 #undef X
 

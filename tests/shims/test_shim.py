@@ -558,3 +558,43 @@ def test_controller_converges_against_a_simulated_plant(shim):
     ticks = [int(m) for m in re.findall(r"^case .* ticks=(-?\d+)$", res.stdout, re.M)]
     assert len(ticks) == 168
     assert max(ticks) <= 40
+
+
+# ---------------------------------------------------------------------------- graph memory
+
+
+def test_graph_memory_nodes_are_charged_refused_and_released(shim):
+    """The graph memory pool is charged as its reserved bytes (shim-contract.md 6.2): a graph
+    whose allocation nodes would grow it past the limit is refused at instantiation; destroying
+    the executable graph keeps the reservation (the pool keeps it), cuDeviceGraphMemTrim gives it
+    back."""
+    p = shim.start("graphmem", "64", CUDA_DEVICE_MEMORY_LIMIT="100m")
+    try:
+        for step, charged in (
+            ("one", 64 * MIB),
+            ("second", 64 * MIB),
+            ("destroyed", 64 * MIB),
+            ("reused", 64 * MIB),
+            ("trimmed", 0),
+        ):
+            held = p.until(step)
+            r = shim.region()
+            assert r.usage(0).data_size == charged, step
+            assert r.usage(0).total == int(held[f"{step}.driver_used"]), step
+            assert int(held[f"{step}.reserved"]) == charged, step
+            assert_consistent(r)
+            if step == "one":
+                assert (int(held["inst_a_rc"]), int(held["launch_a_rc"])) == (0, 0)
+            if step == "second":
+                assert int(held["inst_b_rc"]) == OOM
+            if step == "reused":
+                assert int(held["inst_b2_rc"]) == 0  # fits in what the pool already reserves
+            p.resume()
+    finally:
+        res = p.finish()
+    assert res.rc == 0, res.stderr
+    oom_lines = [ln for ln in res.stderr.splitlines() if "out of memory" in ln]
+    assert len(oom_lines) == 1, res.stderr
+    assert "cuGraphInstantiateWithParams" in oom_lines[0]
+    base = shim.run("graphmem", "64", shim=False, CUDA_DEVICE_MEMORY_LIMIT="100m")
+    assert base.int("inst_b_rc") == 0  # the refusal was the shim's
