@@ -21,6 +21,7 @@ enum hami_kind {
     HAMI_K_GRAPHMEM,  /* an executable graph with memory nodes: aux = device mask, size = 1 until
                          its first launch */
     HAMI_K_GRAPHPOOL, /* a device's graph memory pool: key = position, size = charged bytes */
+    HAMI_K_LIMIT,     /* a context's heap or printf FIFO: key = context * 8 + limit */
 };
 
 struct hami_entry {

@@ -510,3 +510,26 @@ void hami_uncharge(struct hami_shared *sh, int pos, uint64_t n, enum hami_field 
     atomic_store_explicit(&s->used[pos].total, t >= n ? t - n : 0, memory_order_relaxed);
     hami_unlock(&ed->lock.m);
 }
+
+uint64_t hami_set_field(struct hami_shared *sh, int pos, enum hami_field field, uint64_t value)
+{
+    struct hami_ext_dev *ed = &sh->ext->dev[pos];
+    if (hami_lock_dev(sh, pos) != 0)
+        return value;
+    struct hami_proc_slot *s = sh->me;
+    _Atomic uint64_t *f = field_ptr(s, pos, field);
+    uint64_t old = atomic_load_explicit(f, memory_order_relaxed);
+    uint64_t cur = atomic_load_explicit(&ed->reserved, memory_order_relaxed);
+    uint64_t t = atomic_load_explicit(&s->used[pos].total, memory_order_relaxed);
+    if (value >= old) {
+        atomic_store_explicit(&ed->reserved, cur + (value - old), memory_order_relaxed);
+        atomic_store_explicit(&s->used[pos].total, t + (value - old), memory_order_relaxed);
+    } else {
+        uint64_t d = old - value;
+        atomic_store_explicit(&ed->reserved, cur >= d ? cur - d : 0, memory_order_relaxed);
+        atomic_store_explicit(&s->used[pos].total, t >= d ? t - d : 0, memory_order_relaxed);
+    }
+    atomic_store_explicit(f, value, memory_order_relaxed);
+    hami_unlock(&ed->lock.m);
+    return old;
+}

@@ -185,6 +185,9 @@ int hami_region_attach(struct hami_shared *sh, hami_list_devices_fn list_devices
 int hami_charge(struct hami_shared *sh, int pos, uint64_t n, enum hami_field field, int enforce,
                 uint64_t *in_use, uint64_t *limit);
 void hami_uncharge(struct hami_shared *sh, int pos, uint64_t n, enum hami_field field);
+/* Sets this process's `field` on `pos` to `value` (not enforced), moving the container counter by
+ * the difference; returns the previous value. */
+uint64_t hami_set_field(struct hami_shared *sh, int pos, enum hami_field field, uint64_t value);
 
 /* Releases the slots of dead processes (PID gone, zombie, or PID reused: start time differs).
  * Returns the number of slots released. */

@@ -23,6 +23,7 @@ static pthread_mutex_t ctx_mu = PTHREAD_MUTEX_INITIALIZER;
 static int64_t ctx_bytes[HAMI_MAX_DEVICES]; /* measured overhead + 1; 0 = not measured yet */
 static int primary_refs[HAMI_MAX_DEVICES];
 static uint64_t primary_charged[HAMI_MAX_DEVICES];
+static CUcontext primary_ctx[HAMI_MAX_DEVICES];
 static pthread_once_t nv_init_once = PTHREAD_ONCE_INIT;
 static int nv_ok;
 
@@ -150,6 +151,7 @@ HAMI_SHIM_API CUresult cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev)
     int64_t known = __atomic_load_n(&ctx_bytes[pos], __ATOMIC_ACQUIRE);
     pthread_mutex_lock(&ctx_mu);
     if (primary_refs[pos]++ == 0) {
+        primary_ctx[pos] = pctx ? *pctx : NULL;
         primary_charged[pos] = known ? (uint64_t)(known - 1) : bytes;
         charge_ctx(pos, primary_charged[pos]);
     }
@@ -167,6 +169,7 @@ static CUresult primary_release(CUresult (*fn)(CUdevice), CUdevice dev)
     if (r == CUDA_SUCCESS && primary_refs[pos] > 0 && --primary_refs[pos] == 0) {
         uncharge_ctx(pos, primary_charged[pos]);
         primary_charged[pos] = 0;
+        hami_limits_released(primary_ctx[pos]);
     }
     pthread_mutex_unlock(&ctx_mu);
     return r;
@@ -277,6 +280,8 @@ static CUresult ctx_destroy(CUresult (*fn)(CUcontext), CUcontext c)
         else
             hami_map_put(HAMI_K_CTX, e.key, e.dev, e.size, NULL);
     }
+    if (r == CUDA_SUCCESS)
+        hami_limits_released(c);
     return r;
 }
 

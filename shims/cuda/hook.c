@@ -74,6 +74,7 @@ static void on_fork_child(void)
     hami_g.sh.me = NULL;
     hami_memory_fork_child();
     hami_context_fork_child();
+    hami_reconcile_fork_child();
 }
 
 static void find_real_dlsym(void)

@@ -19,6 +19,7 @@
 
 #define TICK_NS 100000000ull  /* controller period */
 #define SWEEP_NS 250000000ull /* dead-slot sweep period, container-wide */
+#define RECONCILE_NS 1000000000ull /* NVML reconciliation of this process's memory */
 
 static void sleep_ns(long ns)
 {
@@ -310,6 +311,7 @@ static void *watcher(void *arg)
         info[i] = (struct dev_info){-1, 0, 0, NULL, 0, 0};
     int have_devices = 0;
     int32_t me = hami_g.pid;
+    uint64_t last_recon = 0;
     while (hami_g.pid == me) {
         int limiting = atomic_load(&hami_g.limiter_any);
         if (limiting) {
@@ -322,7 +324,12 @@ static void *watcher(void *arg)
                 if (info[pos].ordinal >= 0 && device_limited(pos))
                     tick_device(pos, &info[pos]);
         }
-        hami_sweep_dead(&hami_g.sh, hami_monotonic_ns(), SWEEP_NS);
+        uint64_t now = hami_monotonic_ns();
+        hami_sweep_dead(&hami_g.sh, now, SWEEP_NS);
+        if (now - last_recon >= RECONCILE_NS) {
+            last_recon = now;
+            hami_reconcile_periodic();
+        }
         sleep_ns(limiting ? (long)TICK_NS / 2 : (long)SWEEP_NS / 2);
     }
     return NULL;

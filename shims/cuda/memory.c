@@ -56,13 +56,15 @@ static int ordinal_pos(int ordinal)
     return hami_attached() ? hami_pos_of_ordinal(ordinal) : -1;
 }
 
-/* Releases slots of dead processes at most every 100 ms (only on the refusal path). */
-static int maybe_reclaim(void)
+/* Only on the refusal path, at most every 100 ms: releases slots of dead processes and re-reads
+ * this process's unattributed memory on `pos` (shim-contract.md 6.3). 1 when usage went down. */
+static int maybe_reclaim(int pos)
 {
     uint64_t now = hami_monotonic_ns(), last = atomic_load(&last_reclaim_ns);
     if (now - last < 100000000ull || !atomic_compare_exchange_strong(&last_reclaim_ns, &last, now))
         return 0;
-    return hami_reclaim_dead(&hami_g.sh) > 0;
+    int freed = hami_reclaim_dead(&hami_g.sh) > 0;
+    return (hami_reconcile(pos, 0) < 0) | freed;
 }
 
 static int charge(int pos, uint64_t n, const char *api)
@@ -70,7 +72,7 @@ static int charge(int pos, uint64_t n, const char *api)
     uint64_t used = 0, limit = 0;
     if (hami_charge(&hami_g.sh, pos, n, HAMI_F_DATA, 1, &used, &limit) == 0)
         return 0;
-    if (maybe_reclaim() && hami_charge(&hami_g.sh, pos, n, HAMI_F_DATA, 1, &used, &limit) == 0)
+    if (maybe_reclaim(pos) && hami_charge(&hami_g.sh, pos, n, HAMI_F_DATA, 1, &used, &limit) == 0)
         return 0;
     if (limit == 0)
         LOG_ERROR("%s: out of memory on device %d (%s): the device's limit value is invalid, every "
@@ -181,7 +183,7 @@ static int pool_reconcile(CUmemoryPool pool, int pos, int enforce, const char *a
     if (reserved > have) {
         uint64_t used = 0, limit = 0;
         if (hami_charge(&hami_g.sh, pos, reserved - have, HAMI_F_DATA, enforce, &used, &limit)) {
-            if (!enforce || !maybe_reclaim() ||
+            if (!enforce || !maybe_reclaim(pos) ||
                 hami_charge(&hami_g.sh, pos, reserved - have, HAMI_F_DATA, 1, &used, &limit)) {
                 LOG_ERROR("%s: out of memory on device %d (%s): limit %llu bytes, in use %llu, "
                           "requested %llu (pool growth)", api, pos, hami_g.sh.v1->uuids[pos],

@@ -63,6 +63,14 @@ extern atomic_int hami_graphmem_pending; /* executable graphs with memory nodes 
 void hami_graph_mem_launched(CUgraphExec e);
 /* cuGraphExecDestroy through the driver, releasing what the graph pool no longer reserves. */
 CUresult hami_graph_mem_destroy(CUgraphExec e);
+/* Reconciliation with NVML's per-process usage into module_size (reconcile.c). Returns 1 when
+ * module_size grew, -1 when it shrank, 0 otherwise; `agree`: apply only if two readings agree. */
+int hami_reconcile(int pos, int agree);
+/* The watcher's periodic reconciliation (devices where this process holds memory under a limit). */
+void hami_reconcile_periodic(void);
+/* A context is gone: release its heap/FIFO charges and re-read what its stacks held. */
+void hami_limits_released(CUcontext c);
+void hami_reconcile_fork_child(void);
 /* pthread_atfork child handlers of the translation units with process-local state. */
 void hami_memory_fork_child(void);
 void hami_context_fork_child(void);

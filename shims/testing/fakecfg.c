@@ -206,6 +206,8 @@ static void parse_line(struct fake_config *cfg, char *line, int xids_only)
         cfg->external_used = strtoull(v, NULL, 10) << 20;
     else if (!strcmp(k, "context_mib"))
         cfg->context_bytes = strtoull(v, NULL, 10) << 20;
+    else if (!strcmp(k, "module_kib"))
+        cfg->module_bytes = strtoull(v, NULL, 10) << 10;
     else if (!strcmp(k, "host_pid_offset"))
         cfg->host_pid_offset = atoi(v);
     else if (!strcmp(k, "cuda_order"))
@@ -267,6 +269,7 @@ void fakecfg_load(struct fake_config *cfg)
     snprintf(cfg->nvml_driver_version, sizeof(cfg->nvml_driver_version), "590.48.01");
     cfg->granularity = 2ull << 20;
     cfg->context_bytes = 0;
+    cfg->module_bytes = 0;
     cfg->fail_alloc_after = -1;
     cfg->thread_ns = 1.0;
     cfg->launch_queue_ns = 1000000;

@@ -38,6 +38,7 @@ struct fake_config {
     uint64_t granularity;      /* VMM allocation granularity, bytes */
     uint64_t external_used;    /* memory used by "other tenants", per device */
     uint64_t context_bytes;    /* device memory a context consumes */
+    uint64_t module_bytes;     /* device memory a loaded module or library consumes */
     int host_pid_offset;
     int cuda_reverse;          /* cuda_order = reverse */
     long fail_alloc_after;     /* fail the Nth allocation (1-based), -1 = never */

@@ -95,6 +95,7 @@ static int cuda_to_table[FAKE_MAX_DEVICES];
 struct CUctx_st {
     int dev;
     int primary;
+    size_t limits[3]; /* CU_LIMIT_STACK_SIZE, _PRINTF_FIFO_SIZE, _MALLOC_HEAP_SIZE (default 0) */
 };
 
 struct CUmemPoolHandle_st {
@@ -342,6 +343,23 @@ static void push_ctx(CUcontext c)
         ctx_stack[ctx_depth++] = c;
 }
 
+/* Device memory behind a context limit: the stack for every resident thread of the device, the
+ * printf FIFO and the malloc heap at their size. */
+static uint64_t limit_cost(int d, int limit, size_t value)
+{
+    if (limit == CU_LIMIT_STACK_SIZE)
+        return (uint64_t)value * (uint64_t)tdev(d)->sms * (uint64_t)tdev(d)->threads_per_sm;
+    return value;
+}
+
+static void release_limits(struct CUctx_st *c)
+{
+    for (int l = 0; l < 3; l++) {
+        give(c->dev, limit_cost(c->dev, l, c->limits[l]));
+        c->limits[l] = 0;
+    }
+}
+
 /* ---------------------------------------------------------------- bootstrap */
 
 API CUresult cuInit(unsigned int flags)
@@ -519,8 +537,10 @@ static CUresult primary_release(CUdevice d)
     pthread_mutex_lock(&devs[d].mu);
     if (devs[d].primary_refs == 0)
         r = CUDA_ERROR_INVALID_CONTEXT;
-    else if (--devs[d].primary_refs == 0 && cfg.context_bytes)
+    else if (--devs[d].primary_refs == 0) {
         give(d, cfg.context_bytes);
+        release_limits(&devs[d].primary);
+    }
     pthread_mutex_unlock(&devs[d].mu);
     return r;
 }
@@ -601,8 +621,8 @@ static CUresult ctx_destroy(CUcontext c)
             ctx_depth--;
             break;
         }
-    if (cfg.context_bytes)
-        give(c->dev, cfg.context_bytes);
+    give(c->dev, cfg.context_bytes);
+    release_limits(c);
     free(c);
     return CUDA_SUCCESS;
 }
@@ -682,15 +702,27 @@ API CUresult cuCtxSynchronize(void)
     return current_ctx() ? CUDA_SUCCESS : CUDA_ERROR_INVALID_CONTEXT;
 }
 
-static size_t ctx_limits[8];
+static size_t other_limits[16];
 
 API CUresult cuCtxSetLimit(CUlimit limit, size_t value)
 {
     RECORD(cuCtxSetLimit);
     NEED_INIT();
-    if ((unsigned)limit >= 8)
+    CUcontext c = current_ctx();
+    if (!c)
+        return CUDA_ERROR_INVALID_CONTEXT;
+    if ((unsigned)limit >= 16)
         return CUDA_ERROR_INVALID_VALUE;
-    ctx_limits[limit] = value;
+    if ((unsigned)limit >= 3) {
+        other_limits[limit] = value;
+        return CUDA_SUCCESS;
+    }
+    uint64_t was = limit_cost(c->dev, limit, c->limits[limit]), now = limit_cost(c->dev, limit, value);
+    if (now > was && take(c->dev, now - was))
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    if (now < was)
+        give(c->dev, was - now);
+    c->limits[limit] = value;
     return CUDA_SUCCESS;
 }
 
@@ -698,10 +730,110 @@ API CUresult cuCtxGetLimit(size_t *value, CUlimit limit)
 {
     RECORD(cuCtxGetLimit);
     NEED_INIT();
-    if ((unsigned)limit >= 8)
+    CUcontext c = current_ctx();
+    if (!c)
+        return CUDA_ERROR_INVALID_CONTEXT;
+    if ((unsigned)limit >= 16 || !value)
         return CUDA_ERROR_INVALID_VALUE;
-    *value = ctx_limits[limit];
+    *value = (unsigned)limit < 3 ? c->limits[limit] : other_limits[limit];
     return CUDA_SUCCESS;
+}
+
+/* ---------------------------------------------------------------- modules and libraries */
+
+/* A loaded module or library holds module_kib of device memory on the current context's device
+ * (a library without a current context: CUDA ordinal 0) until unloaded. */
+struct CUmod_st {
+    int dev;
+};
+
+static CUresult image_load(void **out, const void *image)
+{
+    NEED_INIT();
+    if (!out || !image)
+        return CUDA_ERROR_INVALID_VALUE;
+    CUcontext c = current_ctx();
+    int d = c ? c->dev : 0;
+    if (cuda_count == 0)
+        return CUDA_ERROR_NO_DEVICE;
+    if (take(d, cfg.module_bytes))
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    struct CUmod_st *m = malloc(sizeof(*m));
+    m->dev = d;
+    *out = m;
+    return CUDA_SUCCESS;
+}
+
+static CUresult image_unload(void *h)
+{
+    NEED_INIT();
+    if (!h)
+        return CUDA_ERROR_INVALID_HANDLE;
+    give(((struct CUmod_st *)h)->dev, cfg.module_bytes);
+    free(h);
+    return CUDA_SUCCESS;
+}
+
+API CUresult cuModuleLoad(CUmodule *m, const char *fname)
+{
+    RECORD(cuModuleLoad);
+    if (!current_ctx())
+        return CUDA_ERROR_INVALID_CONTEXT;
+    return image_load((void **)m, fname);
+}
+
+API CUresult cuModuleLoadData(CUmodule *m, const void *image)
+{
+    RECORD(cuModuleLoadData);
+    if (!current_ctx())
+        return CUDA_ERROR_INVALID_CONTEXT;
+    return image_load((void **)m, image);
+}
+
+API CUresult cuModuleLoadDataEx(CUmodule *m, const void *image, unsigned int n, CUjit_option *o,
+                                void **v)
+{
+    RECORD(cuModuleLoadDataEx);
+    (void)n, (void)o, (void)v;
+    if (!current_ctx())
+        return CUDA_ERROR_INVALID_CONTEXT;
+    return image_load((void **)m, image);
+}
+
+API CUresult cuModuleLoadFatBinary(CUmodule *m, const void *fatbin)
+{
+    RECORD(cuModuleLoadFatBinary);
+    if (!current_ctx())
+        return CUDA_ERROR_INVALID_CONTEXT;
+    return image_load((void **)m, fatbin);
+}
+
+API CUresult cuModuleUnload(CUmodule m)
+{
+    RECORD(cuModuleUnload);
+    return image_unload(m);
+}
+
+API CUresult cuLibraryLoadData(CUlibrary *l, const void *code, CUjit_option *jo, void **jv,
+                               unsigned int nj, CUlibraryOption *lo, void **lv, unsigned int nl)
+{
+    RECORD(cuLibraryLoadData);
+    (void)jo, (void)jv, (void)nj, (void)lo, (void)lv, (void)nl;
+    return image_load((void **)l, code);
+}
+
+API CUresult cuLibraryLoadFromFile(CUlibrary *l, const char *file, CUjit_option *jo, void **jv,
+                                   unsigned int nj, CUlibraryOption *lo, void **lv, unsigned int nl)
+{
+    RECORD(cuLibraryLoadFromFile);
+    (void)jo, (void)jv, (void)nj, (void)lo, (void)lv, (void)nl;
+    return image_load((void **)l, file);
+}
+
+API CUresult cuLibraryUnload(CUlibrary l)
+{
+    RECORD(cuLibraryUnload);
+    return image_unload(l);
 }
 
 /* ---------------------------------------------------------------- memory info */
@@ -1927,7 +2059,9 @@ static const struct export exports[] = {
     X(cuGraphKernelNodeGetParams_v2) X(cuGraphLaunch)
     X(cuGraphLaunch_ptsz) X(cuGraphExecDestroy) X(cuGraphDestroy) X(cuGraphAddMemAllocNode)
     X(cuGraphAddMemFreeNode) X(cuGraphMemAllocNodeGetParams) X(cuDeviceGraphMemTrim)
-    X(cuDeviceGetGraphMemAttribute)
+    X(cuDeviceGetGraphMemAttribute) X(cuModuleLoad) X(cuModuleLoadData) X(cuModuleLoadDataEx)
+    X(cuModuleLoadFatBinary) X(cuModuleUnload) X(cuLibraryLoadData) X(cuLibraryLoadFromFile)
+    X(cuLibraryUnload)
 };
 #undef X
 
@@ -2101,6 +2235,15 @@ API void fakegpu_table_clock(int table_index, uint64_t *done_ns, uint64_t *now_n
     for (int d = 0; d < cuda_count; d++)
         if (cuda_to_table[d] == table_index)
             clock_read(d, done_ns, now_ns);
+}
+
+/* Device memory the driver takes on its own (lazily loaded kernels, internal workspaces): only
+ * NVML sees it. */
+API void fakegpu_driver_alloc(int d, uint64_t bytes)
+{
+    ensure_config();
+    if (d >= 0 && d < cuda_count)
+        take(d, bytes);
 }
 
 API unsigned long fakegpu_contexts(int d)

@@ -33,7 +33,8 @@ def assert_consistent(r: region.Region) -> None:
     assert r.extension is not None
     for d in range(2):
         assert r.extension.devices[d].reserved == r.usage(d).total
-        assert r.usage(d).total == r.usage(d).data_size + r.usage(d).context_size
+        u = r.usage(d)
+        assert u.total == u.data_size + u.context_size + u.module_size
 
 
 # ------------------------------------------------------------------------------------- build
@@ -598,3 +599,53 @@ def test_graph_memory_nodes_are_charged_refused_and_released(shim):
     assert "cuGraphInstantiateWithParams" in oom_lines[0]
     base = shim.run("graphmem", "64", shim=False, CUDA_DEVICE_MEMORY_LIMIT="100m")
     assert base.int("inst_b_rc") == 0  # the refusal was the shim's
+
+
+# ------------------------------------------------------------------- limits and modules
+
+STACK = 256 * 108 * 2048  # CU_LIMIT_STACK_SIZE x resident threads (108 SMs x 2048)
+
+
+def test_context_limits_and_modules_are_charged(shim):
+    """Heap and printf FIFO are charged directly (context_size) and refused over the limit;
+    stacks, module and library images and memory the driver takes on its own are found by
+    reconciliation with NVML's per-process usage (module_size) (shim-contract.md 6.2, 6.3).
+    The region equals the stand-in's used bytes at every step."""
+    conf = shim.tmp / "gpus.conf"
+    conf.write_text("module_kib = 8192\n" + conf.read_text())
+    expected = {
+        "heap": (64 * MIB, 0),
+        "stack": (80 * MIB, STACK),
+        "loaded": (80 * MIB, STACK + 24 * MIB),
+        "driver": (80 * MIB, STACK + 34 * MIB),  # found by the watcher's periodic reconciliation
+        "unloaded": (80 * MIB, STACK + 10 * MIB),
+        "released": (0, 10 * MIB),
+    }
+    p = shim.start("limits", CUDA_DEVICE_MEMORY_LIMIT="1g")
+    try:
+        for step, (ctx, module) in expected.items():
+            held = p.until(step)
+            # synchronous re-reads (load, unload, set limit, release) are exact at once
+            deadline = time.monotonic() + (5 if step == "driver" else 0)
+            while True:
+                u = shim.region().usage(0)
+                if (u.context_size, u.module_size) == (ctx, module) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            assert (u.context_size, u.module_size, u.data_size) == (ctx, module, 0), step
+            assert u.total == int(held[f"{step}.driver_used"]) == ctx + module, step
+            r = shim.region()
+            assert r.extension is not None
+            assert r.extension.devices[0].reserved == u.total
+            p.resume()
+    finally:
+        res = p.finish()
+    assert res.rc == 0, res.stderr
+    for key in ("heap_rc", "fifo_rc", "stack_rc", "mod1_rc", "mod2_rc", "lib_rc"):
+        assert res.int(key) == 0, key
+    assert res.int("heap_big_rc") == OOM
+    oom_lines = [ln for ln in res.stderr.splitlines() if "out of memory" in ln]
+    assert len(oom_lines) == 1, res.stderr
+    assert "cuCtxSetLimit" in oom_lines[0] and "malloc heap" in oom_lines[0]
+    base = shim.run("limits", shim=False, CUDA_DEVICE_MEMORY_LIMIT="1g")
+    assert base.int("heap_big_rc") == 0  # the refusal was the shim's
