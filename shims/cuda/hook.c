@@ -118,7 +118,7 @@ __attribute__((constructor)) static void shim_ctor(void)
 __attribute__((destructor)) static void shim_dtor(void)
 {
     if (atomic_load(&hami_g.attached_pid) == hami_g.pid && hami_g.pid == (int32_t)getpid())
-        hami_region_detach(&hami_g.sh);
+        hami_reconcile_detach();
 }
 
 /* ------------------------------------------------------------------ resolution */

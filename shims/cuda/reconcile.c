@@ -27,6 +27,9 @@ static pthread_mutex_t recon_mu = PTHREAD_MUTEX_INITIALIZER;
 static nvmlDevice_t nv_dev[HAMI_MAX_DEVICES];
 static int nv_seen[HAMI_MAX_DEVICES]; /* NVML listed this process on the device at least once */
 static int nv_state;                  /* 0 not tried, 1 usable, -1 unavailable */
+static int stopped;                   /* the process detached (exit): nothing more to reconcile */
+/* recon_mu guards all of the above and the watcher's reads of hami_g.sh.me (the destructor clears
+ * it under recon_mu: hami_reconcile_detach). */
 
 void hami_reconcile_fork_child(void)
 {
@@ -86,11 +89,23 @@ static int64_t unattributed(int pos)
     return (uint64_t)used > other ? (int64_t)((uint64_t)used - other) : 0;
 }
 
+void hami_reconcile_detach(void)
+{
+    pthread_mutex_lock(&recon_mu);
+    stopped = 1;
+    hami_region_detach(&hami_g.sh);
+    pthread_mutex_unlock(&recon_mu);
+}
+
 int hami_reconcile(int pos, int agree)
 {
-    if (hami_g.disabled || pos < 0 || pos >= HAMI_MAX_DEVICES || !hami_attached() || !hami_g.sh.me)
+    if (hami_g.disabled || pos < 0 || pos >= HAMI_MAX_DEVICES || !hami_attached())
         return 0;
     pthread_mutex_lock(&recon_mu);
+    if (stopped || !hami_g.sh.me) {
+        pthread_mutex_unlock(&recon_mu);
+        return 0;
+    }
     int changed = 0;
     int64_t target = unattributed(pos);
     if (target >= 0 && agree) {
@@ -110,16 +125,29 @@ int hami_reconcile(int pos, int agree)
     return changed;
 }
 
-void hami_reconcile_periodic(void)
+/* Positions to re-read: under a limit and where this process holds memory or NVML listed it. */
+static unsigned positions(int need_limit)
 {
+    unsigned mask = 0;
+    pthread_mutex_lock(&recon_mu);
     struct hami_region_v1 *v1 = hami_g.sh.v1;
     struct hami_proc_slot *me = hami_g.sh.me;
-    if (!v1 || !me)
-        return;
-    for (int pos = 0; pos < (int)v1->device_num && pos < HAMI_MAX_DEVICES; pos++)
-        if (v1->limit[pos] && (atomic_load(&me->used[pos].total) || nv_seen[pos]))
-            hami_reconcile(pos, 1);
+    for (int pos = 0; !stopped && v1 && me && pos < (int)v1->device_num && pos < HAMI_MAX_DEVICES;
+         pos++)
+        if ((!need_limit || v1->limit[pos]) && (atomic_load(&me->used[pos].total) || nv_seen[pos]))
+            mask |= 1u << pos;
+    pthread_mutex_unlock(&recon_mu);
+    return mask;
 }
+
+static void reconcile_mask(unsigned mask, int agree)
+{
+    for (int pos = 0; pos < HAMI_MAX_DEVICES; pos++)
+        if (mask & (1u << pos))
+            hami_reconcile(pos, agree);
+}
+
+void hami_reconcile_periodic(void) { reconcile_mask(positions(1), 1); }
 
 /* After the driver took or gave back memory we cannot attribute: the current device, or every
  * device of the region when there is no current context (libraries are context-independent). */
@@ -205,7 +233,7 @@ HAMI_SHIM_API CUresult cuCtxSetLimit(CUlimit limit, size_t value)
 void hami_limits_released(CUcontext c)
 {
     static const CUlimit charged[] = {CU_LIMIT_MALLOC_HEAP_SIZE, CU_LIMIT_PRINTF_FIFO_SIZE};
-    if (!c || !hami_g.sh.me)
+    if (!c || !hami_attached())
         return;
     for (size_t i = 0; i < sizeof(charged) / sizeof(charged[0]); i++) {
         struct hami_entry e;
@@ -213,9 +241,7 @@ void hami_limits_released(CUcontext c)
             hami_uncharge(&hami_g.sh, e.dev, e.size, HAMI_F_CONTEXT);
     }
     /* the context's stacks went with it */
-    for (int p = 0; p < (int)hami_g.sh.v1->device_num && p < HAMI_MAX_DEVICES; p++)
-            if (nv_seen[p])
-                hami_reconcile(p, 0);
+    reconcile_mask(positions(0), 0);
 }
 
 /* ------------------------------------------------------------------ modules and libraries */

@@ -71,6 +71,8 @@ void hami_reconcile_periodic(void);
 /* A context is gone: release its heap/FIFO charges and re-read what its stacks held. */
 void hami_limits_released(CUcontext c);
 void hami_reconcile_fork_child(void);
+/* Exit path: releases the own slot with reconciliation stopped (the watcher may be running). */
+void hami_reconcile_detach(void);
 /* pthread_atfork child handlers of the translation units with process-local state. */
 void hami_memory_fork_child(void);
 void hami_context_fork_child(void);
