@@ -132,11 +132,21 @@ static CUresult call_retain(void *a)
     return hami_real.cuDevicePrimaryCtxRetain(ra->pctx, ra->dev);
 }
 
+static CUresult primary_retain(CUcontext *pctx, CUdevice dev);
+
 HAMI_SHIM_API CUresult cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev)
 {
     hami_init();
     if (UNLIKELY(!hami_real.cuDevicePrimaryCtxRetain))
         return CUDA_ERROR_NOT_SUPPORTED;
+    hami_unseen_begin(); /* the context exists before its overhead is charged */
+    CUresult r = primary_retain(pctx, dev);
+    hami_unseen_end();
+    return r;
+}
+
+static CUresult primary_retain(CUcontext *pctx, CUdevice dev)
+{
     int pos;
     if (UNLIKELY(hami_g.disabled) || (pos = dev_pos(dev)) < 0)
         return hami_real.cuDevicePrimaryCtxRetain(pctx, dev);
@@ -214,7 +224,7 @@ static CUresult call_create(void *p)
     }
 }
 
-static CUresult ctx_create(struct create_args *a)
+static CUresult ctx_create_inner(struct create_args *a)
 {
     int pos;
     if (UNLIKELY(hami_g.disabled) || !a->pctx || (pos = dev_pos(a->dev)) < 0)
@@ -227,6 +237,14 @@ static CUresult ctx_create(struct create_args *a)
     if (bytes && hami_map_put(HAMI_K_CTX, (uint64_t)(uintptr_t)*a->pctx, pos, bytes, NULL) != 0)
         LOG_ERROR("out of host memory tracking a context; its %llu bytes stay charged",
                   (unsigned long long)bytes);
+    return r;
+}
+
+static CUresult ctx_create(struct create_args *a)
+{
+    hami_unseen_begin(); /* the context exists before its overhead is charged */
+    CUresult r = ctx_create_inner(a);
+    hami_unseen_end();
     return r;
 }
 

@@ -138,10 +138,9 @@ HAMI_SHIM_API CUresult cuMemAllocManaged(CUdeviceptr *dptr, size_t size, unsigne
     return linear_alloc(hami_real.cuMemAllocManaged, 1, dptr, size, flags, "cuMemAllocManaged");
 }
 
-HAMI_SHIM_API CUresult cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pitch, size_t width,
-                                          size_t height, unsigned int elem)
+static CUresult pitch_alloc(CUdeviceptr *dptr, size_t *pitch, size_t width, size_t height,
+                           unsigned int elem)
 {
-    ENTER(cuMemAllocPitch_v2, (dptr, pitch, width, height, elem));
     int pos = current_pos(NULL);
     if (pos < 0 || !dptr || !pitch || width == 0 || height == 0)
         return hami_real.cuMemAllocPitch_v2(dptr, pitch, width, height, elem);
@@ -161,6 +160,16 @@ HAMI_SHIM_API CUresult cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pitch, size
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
     track(HAMI_K_PTR, *dptr, pos, actual, NULL);
+    return r;
+}
+
+HAMI_SHIM_API CUresult cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pitch, size_t width,
+                                          size_t height, unsigned int elem)
+{
+    ENTER(cuMemAllocPitch_v2, (dptr, pitch, width, height, elem));
+    hami_unseen_begin(); /* charged an estimate until the driver returns the pitch */
+    CUresult r = pitch_alloc(dptr, pitch, width, height, elem);
+    hami_unseen_end();
     return r;
 }
 
@@ -199,7 +208,7 @@ static int pool_reconcile(CUmemoryPool pool, int pos, int enforce, const char *a
     return 0;
 }
 
-static CUresult async_alloc(CUresult (*fn)(CUdeviceptr *, size_t, CUstream), CUresult (*fn_pool)(CUdeviceptr *, size_t, CUmemoryPool, CUstream),
+static CUresult async_alloc_inner(CUresult (*fn)(CUdeviceptr *, size_t, CUstream), CUresult (*fn_pool)(CUdeviceptr *, size_t, CUmemoryPool, CUstream),
                             CUresult (*fn_free)(CUdeviceptr, CUstream), CUdeviceptr *dptr,
                             size_t size, CUmemoryPool pool, CUstream stream, const char *api)
 {
@@ -235,6 +244,17 @@ static CUresult async_alloc(CUresult (*fn)(CUdeviceptr *, size_t, CUstream), CUr
     }
     track(HAMI_K_ASYNC, *dptr, pos, size, pool);
     pthread_mutex_unlock(&pool_mu);
+    return r;
+}
+
+static CUresult async_alloc(CUresult (*fn)(CUdeviceptr *, size_t, CUstream),
+                           CUresult (*fn_pool)(CUdeviceptr *, size_t, CUmemoryPool, CUstream),
+                           CUresult (*fn_free)(CUdeviceptr, CUstream), CUdeviceptr *dptr,
+                           size_t size, CUmemoryPool pool, CUstream stream, const char *api)
+{
+    hami_unseen_begin(); /* the pool grows before its reservation is re-read */
+    CUresult r = async_alloc_inner(fn, fn_pool, fn_free, dptr, size, pool, stream, api);
+    hami_unseen_end();
     return r;
 }
 
@@ -406,7 +426,7 @@ static uint64_t descriptor_bytes(size_t w, size_t h, size_t d, unsigned ch, CUar
 }
 
 /* Charges an estimate, creates, then moves the charge to the driver's memory requirement. */
-static CUresult array_create(int kind, void **out, uint64_t est, const char *api,
+static CUresult array_create_inner(int kind, void **out, uint64_t est, const char *api,
                              CUresult (*create)(void **, const void *, unsigned), const void *desc,
                              unsigned levels)
 {
@@ -439,6 +459,16 @@ static CUresult array_create(int kind, void **out, uint64_t est, const char *api
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
     track(kind, (uint64_t)(uintptr_t)*out, pos, actual, NULL);
+    return r;
+}
+
+static CUresult array_create(int kind, void **out, uint64_t est, const char *api,
+                             CUresult (*create)(void **, const void *, unsigned), const void *desc,
+                             unsigned levels)
+{
+    hami_unseen_begin(); /* charged the estimate until the driver's requirement is known */
+    CUresult r = array_create_inner(kind, out, est, api, create, desc, levels);
+    hami_unseen_end();
     return r;
 }
 
@@ -672,8 +702,8 @@ static unsigned graph_footprint(CUgraph g, uint64_t fp[HAMI_MAX_DEVICES])
     return mask;
 }
 
-CUresult hami_graph_mem_instantiate(CUresult (*call)(void *), void *arg, CUgraphExec *e, CUgraph g,
-                                    const char *api)
+static CUresult graph_mem_instantiate(CUresult (*call)(void *), void *arg, CUgraphExec *e,
+                                      CUgraph g, const char *api)
 {
     if (hami_g.disabled || !e || !g || !hami_real.cuDeviceGetGraphMemAttribute)
         return call(arg);
@@ -726,6 +756,15 @@ CUresult hami_graph_mem_instantiate(CUresult (*call)(void *), void *arg, CUgraph
     track(HAMI_K_GRAPHMEM, (uint64_t)(uintptr_t)*e, 0, 1, (void *)(uintptr_t)mask);
     atomic_fetch_add(&hami_graphmem_pending, 1);
     pthread_mutex_unlock(&pool_mu);
+    return r;
+}
+
+CUresult hami_graph_mem_instantiate(CUresult (*call)(void *), void *arg, CUgraphExec *e, CUgraph g,
+                                    const char *api)
+{
+    hami_unseen_begin(); /* the graph pool grows before its reservation is re-read */
+    CUresult r = graph_mem_instantiate(call, arg, e, g, api);
+    hami_unseen_end();
     return r;
 }
 

@@ -77,14 +77,20 @@ static int64_t nv_process_used(int pos)
     return nv_seen[pos] ? 0 : -1;
 }
 
-/* Unattributed bytes of this process on `pos`, or -1 when unknown. recon_mu held. */
+_Atomic uint64_t hami_unseen_open, hami_unseen_gen;
+
+/* Unattributed bytes of this process on `pos`, or -1 when unknown (also when the reading overlaps
+ * a window in which the driver holds memory not charged yet). recon_mu held. */
 static int64_t unattributed(int pos)
 {
-    int64_t used = nv_process_used(pos);
+    uint64_t g1 = atomic_load(&hami_unseen_gen), o1 = atomic_load(&hami_unseen_open);
+    int64_t used = o1 ? -1 : nv_process_used(pos);
     if (used < 0)
         return -1;
     const struct hami_dev_usage *u = &hami_g.sh.me->used[pos];
     uint64_t mod = atomic_load(&u->module_size), total = atomic_load(&u->total);
+    if (atomic_load(&hami_unseen_open) || atomic_load(&hami_unseen_gen) != g1)
+        return -1;
     uint64_t other = total > mod ? total - mod : 0;
     return (uint64_t)used > other ? (int64_t)((uint64_t)used - other) : 0;
 }

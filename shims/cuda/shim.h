@@ -63,6 +63,21 @@ extern atomic_int hami_graphmem_pending; /* executable graphs with memory nodes 
 void hami_graph_mem_launched(CUgraphExec e);
 /* cuGraphExecDestroy through the driver, releasing what the graph pool no longer reserves. */
 CUresult hami_graph_mem_destroy(CUgraphExec e);
+/* Windows in which the driver may hold memory the shim has not charged yet (pool growth, context
+ * creation, array and pitch rounding, graph instantiation; never the plain alloc/free path): the
+ * reconciler does not apply a reading that overlaps one (reconcile.c). */
+extern _Atomic uint64_t hami_unseen_open, hami_unseen_gen;
+static inline void hami_unseen_begin(void)
+{
+    atomic_fetch_add(&hami_unseen_open, 1);
+    atomic_fetch_add(&hami_unseen_gen, 1);
+}
+static inline void hami_unseen_end(void)
+{
+    atomic_fetch_add(&hami_unseen_gen, 1);
+    atomic_fetch_sub(&hami_unseen_open, 1);
+}
+
 /* Reconciliation with NVML's per-process usage into module_size (reconcile.c). Returns 1 when
  * module_size grew, -1 when it shrank, 0 otherwise; `agree`: apply only if two readings agree. */
 int hami_reconcile(int pos, int agree);
