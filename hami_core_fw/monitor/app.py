@@ -34,7 +34,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from hami_core_fw import _names, config, errors, models, plugins
 from hami_core_fw import vendor as hv
 from hami_core_fw.k8s import api, cache
-from hami_core_fw.monitor import collector, feedback, region, scan
+from hami_core_fw.monitor import collector, feedback, hostpid, region, scan
 
 logger = logging.getLogger(__name__)
 
@@ -179,9 +179,11 @@ class MonitorProcess:
     # ------------------------------------------------------------------ periodic work
 
     def tick(self) -> scan.ScanReport:
-        """One scan of the container directories, then one feedback pass (blocking I/O)."""
+        """One scan of the container directories, host PIDs, one feedback pass (blocking I/O)."""
         synced = self._pods_synced
         report = self.scanner.scan(set(self._pods) if synced else None)
+        # shim-contract.md 7.1: the slots' host PIDs, before feedback and the next scrape read them
+        hostpid.fill((mapped for _key, mapped in self.scanner.entries()), self.options.proc_root)
         if self.options.feedback:
             if os.path.exists(self.options.mig_apply_lock):
                 if not self._feedback_paused:
