@@ -114,8 +114,7 @@ def test_rendered_plugin_tests_pass(rendered: Path, site: Path) -> None:
 
 
 def test_rendered_plugin_is_ruff_clean(rendered: Path) -> None:
-    if importlib.util.find_spec("ruff") is None:
-        pytest.skip("ruff is not installed here (the lint env has it)")
+    assert importlib.util.find_spec("ruff") is not None, "ruff is a dependency of the py env"
     for check in (["check"], ["format", "--check"]):
         proc = _run(
             [sys.executable, "-m", "ruff", *check, "--no-cache", "."], cwd=rendered, timeout=60
