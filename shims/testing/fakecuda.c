@@ -123,6 +123,17 @@ struct devstate {
     uint64_t g_used, g_used_high, g_reserved, g_reserved_high;
 };
 static struct devstate devs[FAKE_MAX_DEVICES];
+
+/* Bytes this process allocated through the stand-in, per device, as a real driver reports it
+ * per process through NVML. It differs from devs[].used only in a fork child: the driver state a
+ * child inherits is not the child's (CUDA state does not survive fork), so it starts at zero. */
+static _Atomic uint64_t own_used[FAKE_MAX_DEVICES];
+
+static void own_used_fork_child(void)
+{
+    for (int i = 0; i < FAKE_MAX_DEVICES; i++)
+        atomic_store(&own_used[i], 0);
+}
 static atomic_long alloc_counter;
 static _Atomic uint64_t bump_next = 0x200000000000ull;
 static _Atomic uint64_t next_handle = 1;
@@ -171,6 +182,7 @@ static void load_config(void)
         devs[i].current_pool = &devs[i].default_pool;
         atomic_store(&devs[i].external, cfg.external_used);
     }
+    pthread_atfork(NULL, NULL, own_used_fork_child);
 }
 
 static void ensure_config(void) { pthread_once(&cfg_once, load_config); }
@@ -204,10 +216,19 @@ static int take(int d, uint64_t n)
         if (cur + n < cur || cur + n > cap)
             return -1;
     } while (!atomic_compare_exchange_weak(&devs[d].used, &cur, cur + n));
+    atomic_fetch_add(&own_used[d], n);
     return 0;
 }
 
-static void give(int d, uint64_t n) { atomic_fetch_sub(&devs[d].used, n); }
+static void give(int d, uint64_t n)
+{
+    atomic_fetch_sub(&devs[d].used, n);
+    /* what this process holds never goes below zero: a fork child may free what its parent
+     * allocated (own_used starts at zero in the child) */
+    uint64_t cur = atomic_load(&own_used[d]);
+    while (!atomic_compare_exchange_weak(&own_used[d], &cur, cur > n ? cur - n : 0))
+        ;
+}
 
 static int injected_failure(void)
 {
@@ -2252,12 +2273,13 @@ API unsigned long fakegpu_contexts(int d)
     return d >= 0 && d < cuda_count ? atomic_load(&devs[d].contexts) : 0;
 }
 
-/* Used bytes of the device at `table_index` of the config table (for the stand-in NVML). */
+/* Bytes this process holds on the device at `table_index` of the config table (for the stand-in
+ * NVML, whose state is per process). */
 API uint64_t fakegpu_table_used_bytes(int table_index)
 {
     ensure_config();
     for (int d = 0; d < cuda_count; d++)
         if (cuda_to_table[d] == table_index)
-            return atomic_load(&devs[d].used);
+            return atomic_load(&own_used[d]);
     return 0;
 }

@@ -19,6 +19,7 @@ else:
 _T = _typing.TypeVar("_T")
 
 class _MaybeAsyncIterator(_abc.AsyncIterator[_T], _abc.Iterator[_T], metaclass=_abc_1.ABCMeta): ...
+
 class _ServicerContext(_grpc.ServicerContext, _aio.ServicerContext):  # type: ignore[misc, type-arg]
     ...
 
@@ -51,9 +52,7 @@ class RegistrationServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_api_pb2.Empty, _abc.Awaitable[_api_pb2.Empty]]: ...
 
-def add_RegistrationServicer_to_server(
-    servicer: RegistrationServicer, server: _typing.Union[_grpc.Server, _aio.Server]
-) -> None: ...
+def add_RegistrationServicer_to_server(servicer: RegistrationServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class DevicePluginStub:
     """Served by a device plugin on its own socket in the device-plugin directory."""
@@ -62,34 +61,22 @@ class DevicePluginStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> DevicePluginAsyncStub: ...
-    GetDevicePluginOptions: _grpc.UnaryUnaryMultiCallable[
-        _api_pb2.Empty, _api_pb2.DevicePluginOptions
-    ]
+    GetDevicePluginOptions: _grpc.UnaryUnaryMultiCallable[_api_pb2.Empty, _api_pb2.DevicePluginOptions]
     ListAndWatch: _grpc.UnaryStreamMultiCallable[_api_pb2.Empty, _api_pb2.ListAndWatchResponse]
-    GetPreferredAllocation: _grpc.UnaryUnaryMultiCallable[
-        _api_pb2.PreferredAllocationRequest, _api_pb2.PreferredAllocationResponse
-    ]
+    GetPreferredAllocation: _grpc.UnaryUnaryMultiCallable[_api_pb2.PreferredAllocationRequest, _api_pb2.PreferredAllocationResponse]
     Allocate: _grpc.UnaryUnaryMultiCallable[_api_pb2.AllocateRequest, _api_pb2.AllocateResponse]
-    PreStartContainer: _grpc.UnaryUnaryMultiCallable[
-        _api_pb2.PreStartContainerRequest, _api_pb2.PreStartContainerResponse
-    ]
+    PreStartContainer: _grpc.UnaryUnaryMultiCallable[_api_pb2.PreStartContainerRequest, _api_pb2.PreStartContainerResponse]
 
 @_typing.type_check_only
 class DevicePluginAsyncStub(DevicePluginStub):
     """Served by a device plugin on its own socket in the device-plugin directory."""
 
     def __init__(self, channel: _aio.Channel) -> None: ...
-    GetDevicePluginOptions: _aio.UnaryUnaryMultiCallable[
-        _api_pb2.Empty, _api_pb2.DevicePluginOptions
-    ]  # type: ignore[assignment]
+    GetDevicePluginOptions: _aio.UnaryUnaryMultiCallable[_api_pb2.Empty, _api_pb2.DevicePluginOptions]  # type: ignore[assignment]
     ListAndWatch: _aio.UnaryStreamMultiCallable[_api_pb2.Empty, _api_pb2.ListAndWatchResponse]  # type: ignore[assignment]
-    GetPreferredAllocation: _aio.UnaryUnaryMultiCallable[
-        _api_pb2.PreferredAllocationRequest, _api_pb2.PreferredAllocationResponse
-    ]  # type: ignore[assignment]
+    GetPreferredAllocation: _aio.UnaryUnaryMultiCallable[_api_pb2.PreferredAllocationRequest, _api_pb2.PreferredAllocationResponse]  # type: ignore[assignment]
     Allocate: _aio.UnaryUnaryMultiCallable[_api_pb2.AllocateRequest, _api_pb2.AllocateResponse]  # type: ignore[assignment]
-    PreStartContainer: _aio.UnaryUnaryMultiCallable[
-        _api_pb2.PreStartContainerRequest, _api_pb2.PreStartContainerResponse
-    ]  # type: ignore[assignment]
+    PreStartContainer: _aio.UnaryUnaryMultiCallable[_api_pb2.PreStartContainerRequest, _api_pb2.PreStartContainerResponse]  # type: ignore[assignment]
 
 class DevicePluginServicer(metaclass=_abc_1.ABCMeta):
     """Served by a device plugin on its own socket in the device-plugin directory."""
@@ -99,41 +86,34 @@ class DevicePluginServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _api_pb2.Empty,
         context: _ServicerContext,
-    ) -> _typing.Union[
-        _api_pb2.DevicePluginOptions, _abc.Awaitable[_api_pb2.DevicePluginOptions]
-    ]: ...
+    ) -> _typing.Union[_api_pb2.DevicePluginOptions, _abc.Awaitable[_api_pb2.DevicePluginOptions]]: ...
+
     @_abc_1.abstractmethod
     def ListAndWatch(
         self,
         request: _api_pb2.Empty,
         context: _ServicerContext,
-    ) -> _typing.Union[
-        _abc.Iterator[_api_pb2.ListAndWatchResponse],
-        _abc.AsyncIterator[_api_pb2.ListAndWatchResponse],
-    ]: ...
+    ) -> _typing.Union[_abc.Iterator[_api_pb2.ListAndWatchResponse], _abc.AsyncIterator[_api_pb2.ListAndWatchResponse]]: ...
+
     @_abc_1.abstractmethod
     def GetPreferredAllocation(
         self,
         request: _api_pb2.PreferredAllocationRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[
-        _api_pb2.PreferredAllocationResponse, _abc.Awaitable[_api_pb2.PreferredAllocationResponse]
-    ]: ...
+    ) -> _typing.Union[_api_pb2.PreferredAllocationResponse, _abc.Awaitable[_api_pb2.PreferredAllocationResponse]]: ...
+
     @_abc_1.abstractmethod
     def Allocate(
         self,
         request: _api_pb2.AllocateRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_api_pb2.AllocateResponse, _abc.Awaitable[_api_pb2.AllocateResponse]]: ...
+
     @_abc_1.abstractmethod
     def PreStartContainer(
         self,
         request: _api_pb2.PreStartContainerRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[
-        _api_pb2.PreStartContainerResponse, _abc.Awaitable[_api_pb2.PreStartContainerResponse]
-    ]: ...
+    ) -> _typing.Union[_api_pb2.PreStartContainerResponse, _abc.Awaitable[_api_pb2.PreStartContainerResponse]]: ...
 
-def add_DevicePluginServicer_to_server(
-    servicer: DevicePluginServicer, server: _typing.Union[_grpc.Server, _aio.Server]
-) -> None: ...
+def add_DevicePluginServicer_to_server(servicer: DevicePluginServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

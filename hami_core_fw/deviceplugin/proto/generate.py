@@ -14,9 +14,7 @@ committed files differ (k8s-protocols.md 7.1).
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Final
@@ -30,36 +28,7 @@ PROTO_DIR: Final = Path(__file__).resolve().parent
 IMPORT_ROOT: Final = PROTO_DIR.parents[2]
 PROTO: Final = PROTO_DIR.relative_to(IMPORT_ROOT) / "api.proto"
 GENERATED: Final = ("api_pb2.py", "api_pb2_grpc.py", "api_pb2.pyi", "api_pb2_grpc.pyi")
-#: generated files the repository's ``ruff format`` covers (its extend-exclude lists ``*_pb2.py``,
-#: ``*_pb2_grpc.py`` and ``*_pb2.pyi`` only), so they are committed ruff-formatted
-RUFF_FORMATTED: Final = ("api_pb2_grpc.pyi",)
-
-
-def ruff_available() -> bool:
-    """Whether ``python -m ruff`` works here (it formats :data:`RUFF_FORMATTED`)."""
-    return importlib.util.find_spec("ruff") is not None
-
-
-def ruff_format(paths: list[Path]) -> None:
-    """Format ``paths`` with the repository's ruff configuration.
-
-    :raises RuntimeError: ruff is not installed or failed
-    """
-    if not ruff_available():
-        raise RuntimeError("ruff is needed to format the generated stubs; pip install ruff")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ruff",
-            "format",
-            "--quiet",
-            "--config",
-            str(IMPORT_ROOT / "pyproject.toml"),
-            *map(str, paths),
-        ],
-        check=True,
-    )
+# every generated file is excluded from ruff (pyproject extend-exclude): committed as generated
 
 
 def _plugin(name: str) -> str:
@@ -72,14 +41,11 @@ def _plugin(name: str) -> str:
     return found
 
 
-def generate(
-    out_root: Path, *, import_root: Path = IMPORT_ROOT, format_stubs: bool = True
-) -> list[Path]:
+def generate(out_root: Path, *, import_root: Path = IMPORT_ROOT) -> list[Path]:
     """Generate the modules of ``<import_root>/hami_core_fw/deviceplugin/proto/api.proto``.
 
     :param out_root: directory receiving ``hami_core_fw/deviceplugin/proto/<generated files>``
     :param import_root: directory holding the ``hami_core_fw`` package whose proto is compiled
-    :param format_stubs: ruff-format :data:`RUFF_FORMATTED` as committed
     :returns: the generated files
     :raises RuntimeError: the code generator failed or a tool is missing
     """
@@ -99,8 +65,6 @@ def generate(
     if rc != 0:
         raise RuntimeError(f"protoc failed with exit code {rc}: {' '.join(args)}")
     out_dir = out_root / PROTO.parent
-    if format_stubs:
-        ruff_format([out_dir / name for name in RUFF_FORMATTED])
     return [out_dir / name for name in GENERATED]
 
 
