@@ -491,6 +491,7 @@ int hami_charge(struct hami_shared *sh, int pos, uint64_t n, enum hami_field fie
     struct hami_proc_slot *s = sh->me;
     atomic_fetch_add_explicit(field_ptr(s, pos, field), n, memory_order_relaxed);
     atomic_fetch_add_explicit(&s->used[pos].total, n, memory_order_relaxed);
+    atomic_fetch_add_explicit(&sh->charge_gen, 1, memory_order_relaxed);
     hami_unlock(&ed->lock.m);
     return 0;
 }
@@ -508,6 +509,7 @@ void hami_uncharge(struct hami_shared *sh, int pos, uint64_t n, enum hami_field 
     atomic_store_explicit(f, fv >= n ? fv - n : 0, memory_order_relaxed);
     uint64_t t = atomic_load_explicit(&s->used[pos].total, memory_order_relaxed);
     atomic_store_explicit(&s->used[pos].total, t >= n ? t - n : 0, memory_order_relaxed);
+    atomic_fetch_add_explicit(&sh->charge_gen, 1, memory_order_relaxed);
     hami_unlock(&ed->lock.m);
 }
 
@@ -530,6 +532,7 @@ uint64_t hami_set_field(struct hami_shared *sh, int pos, enum hami_field field, 
         atomic_store_explicit(&s->used[pos].total, t >= d ? t - d : 0, memory_order_relaxed);
     }
     atomic_store_explicit(f, value, memory_order_relaxed);
+    atomic_fetch_add_explicit(&sh->charge_gen, 1, memory_order_relaxed);
     hami_unlock(&ed->lock.m);
     return old;
 }

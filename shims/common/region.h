@@ -166,6 +166,10 @@ struct hami_shared {
     int attached;              /* mapping complete and a slot registered (kept in a fork child) */
     int32_t pid;               /* cached getpid() of the owner of `me` */
     uint8_t fail_closed[HAMI_MAX_DEVICES]; /* this process's own limit value was malformed */
+    /* bumped by every charge and uncharge of this process (under the device lock): a reader that
+     * must see charges and a driver reading from one moment (NVML reconciliation) checks it did
+     * not move meanwhile */
+    _Atomic uint64_t charge_gen;
     char path[512];
 };
 

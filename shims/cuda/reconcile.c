@@ -84,12 +84,16 @@ _Atomic uint64_t hami_unseen_open, hami_unseen_gen;
 static int64_t unattributed(int pos)
 {
     uint64_t g1 = atomic_load(&hami_unseen_gen), o1 = atomic_load(&hami_unseen_open);
+    /* a charge or uncharge by another thread between the NVML reading and the read of the
+     * charges (an allocation or free completing in between) would make them disagree */
+    uint64_t c1 = atomic_load(&hami_g.sh.charge_gen);
     int64_t used = o1 ? -1 : nv_process_used(pos);
     if (used < 0)
         return -1;
     const struct hami_dev_usage *u = &hami_g.sh.me->used[pos];
     uint64_t mod = atomic_load(&u->module_size), total = atomic_load(&u->total);
-    if (atomic_load(&hami_unseen_open) || atomic_load(&hami_unseen_gen) != g1)
+    if (atomic_load(&hami_unseen_open) || atomic_load(&hami_unseen_gen) != g1 ||
+        atomic_load(&hami_g.sh.charge_gen) != c1)
         return -1;
     uint64_t other = total > mod ? total - mod : 0;
     return (uint64_t)used > other ? (int64_t)((uint64_t)used - other) : 0;
